@@ -1,0 +1,6 @@
+"""Lightning callbacks of M2GAN: they reach the model only through its public sampling methods."""
+
+from callbacks.checkpoint import FinalCheckpoint
+from callbacks.sample_grid import SampleGrid
+
+__all__ = ["FinalCheckpoint", "SampleGrid"]

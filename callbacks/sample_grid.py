@@ -1,0 +1,75 @@
+"""Log grids of EMA-generator samples for fixed prompts and fixed noise during training."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import WandbLogger
+
+from m2gan.grid import prompt_grid
+from m2gan.loggers import run_dir
+
+
+class SampleGrid(pl.Callback):
+    """Every ``every_n_steps`` optimizer steps, draw the fixed prompts with fixed noise.
+
+    The grid goes to W&B (key ``samples``, one image per prompt, the prompt as caption) and to
+    ``<run folder>/samples/step_XXXXXXX.png`` with the prompts written above their rows. A last grid
+    is drawn when training ends. Failing to write or log a grid warns and never stops training.
+
+    Args:
+        prompts: Captions to draw, one row each.
+        every_n_steps: Interval in optimizer steps (Lightning's ``global_step``: 2 per batch with
+            one generator step per discriminator step).
+        num_images: Images per prompt.
+        seed: Noise seed: the same noise at every grid, so grids show how training changes them.
+        scale: Up-scaling of each image in the PNG.
+    """
+
+    def __init__(
+        self, prompts: list[str], every_n_steps: int = 1000, num_images: int = 6, seed: int = 0, scale: int = 2
+    ) -> None:
+        if not prompts:
+            raise ValueError("SampleGrid needs at least one prompt")
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be positive, got {every_n_steps}")
+        self.prompts, self.every_n_steps, self.num_images = list(prompts), every_n_steps, num_images
+        self.seed, self.scale = seed, scale
+        self._last_step = -1
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        # global_step may jump by 2 per batch, so test whether an interval boundary was crossed.
+        step = trainer.global_step
+        if step // self.every_n_steps > max(self._last_step, 0) // self.every_n_steps:
+            self.log_grid(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step != self._last_step:
+            self.log_grid(trainer, pl_module)
+
+    def log_grid(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Draw the grid now, write its PNG and log it."""
+        self._last_step = step = trainer.global_step
+        if not trainer.is_global_zero:
+            return
+        images = pl_module.generate(self.prompts, num_images=self.num_images, seed=self.seed)
+        rows = [
+            prompt_grid(images[i * self.num_images : (i + 1) * self.num_images], [p], self.scale)
+            for i, p in enumerate(self.prompts)
+        ]
+        try:
+            folder = os.path.join(run_dir(trainer), "samples")
+            os.makedirs(folder, exist_ok=True)
+            prompt_grid(images, self.prompts, self.scale).save(os.path.join(folder, f"step_{step:07d}.png"))
+        except OSError as error:
+            warnings.warn(f"could not write the sample grid at step {step}: {error}", stacklevel=1)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                try:
+                    logger.log_image(key="samples", images=rows, caption=self.prompts)
+                except Exception as error:  # noqa: BLE001 - a logging failure must not stop training
+                    warnings.warn(f"could not log the sample grid to W&B: {error}", stacklevel=1)

@@ -1,0 +1,109 @@
+"""LightningCLI for M2GAN: config links, device-aware precision, a logger that never stops training."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import torch
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+from m2gan.loggers import run_dir
+
+USAGE = """\
+M2GAN: text-to-image GAN training with LightningCLI.
+
+  python train.py fit                      train the default job (configs/default.yaml, built-in shapes data)
+  python train.py fit --config FILE.yaml   train with your own config (merged over the default)
+  python train.py fit --print_config       show the complete, commented config
+  python train.py {validate,test,predict} --ckpt_path CKPT
+  python train.py --help                   all options
+"""
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Save the resolved config as ``config.yaml`` in this run's own folder.
+
+    LightningCLI's default writes to ``trainer.log_dir``, which a ``WandbLogger`` shares between all
+    runs of a folder, so the second run would fail; a run folder is unique per run.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        folder = run_dir(trainer)
+        os.makedirs(folder, exist_ok=True)
+        self.parser.save(
+            self.config,
+            os.path.join(folder, self.config_filename),
+            skip_none=False,
+            overwrite=True,
+            multifile=self.multifile,
+        )
+
+
+# Lightning warns that periodic checkpoints under manual optimization hold the weights *after*
+# the batch's optimizer steps; that is exactly what M2GAN's checkpoints should hold.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+
+
+class M2GANCLI(LightningCLI):
+    """LightningCLI that links data facts into the model and keeps logging failures non-fatal."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.resolution", "model.resolution")
+        parser.link_arguments("data.max_length", "model.max_length")
+        parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        trainer = config["trainer"]
+        if trainer.get("precision") is None:
+            # bf16 autocast where the GPU supports it; full precision on CPU, where bf16 is slower.
+            use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            trainer["precision"] = "bf16-mixed" if use_bf16 else "32-true"
+
+    def instantiate_classes(self) -> None:
+        # Constructors validate their arguments; a bad value is a config error, not a crash.
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            print(f"error: invalid configuration: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        logger = trainer.logger
+        if isinstance(logger, WandbLogger):
+            try:
+                logger.experiment  # starts the W&B run now, so a failure shows before training
+            except Exception as error:  # noqa: BLE001 - any W&B failure must not stop training
+                fallback = CSVLogger(save_dir=logger.save_dir or "runs", name=str(logger.name or "m2gan"))
+                warnings.warn(
+                    f"W&B could not start ({type(error).__name__}: {error}); logging to CSV in {fallback.log_dir} instead",
+                    stacklevel=1,
+                )
+                trainer.loggers = [fallback]
+        return trainer
+
+
+def main(default_config: str, args: list[str] | None = None) -> M2GANCLI | None:
+    """Run the CLI with ``default_config`` as every subcommand's default config file."""
+    args = sys.argv[1:] if args is None else args
+    if not args:
+        print(USAGE)
+        return None
+    from m2gan.data import ShapesDataModule
+    from m2gan.model import M2GAN
+
+    defaults = {"default_config_files": [default_config]}
+    return M2GANCLI(
+        M2GAN,
+        ShapesDataModule,
+        save_config_callback=RunConfigSaver,
+        parser_kwargs={sub: defaults for sub in ("fit", "validate", "test", "predict")},
+        args=args,
+    )

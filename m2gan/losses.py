@@ -1,0 +1,102 @@
+"""Losses of M2GAN, as plain functions of logits, embeddings and tensors.
+
+Logit convention: the discriminator outputs a real-valued score, higher meaning "real and matching".
+Each ``d_*`` loss is minimised by the discriminator, each ``g_*`` loss by the generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+AdversarialLoss = Literal["hinge", "non_saturating"]
+
+
+def d_adversarial(
+    real: torch.Tensor, negatives: Sequence[tuple[torch.Tensor, float]], kind: AdversarialLoss
+) -> torch.Tensor:
+    """Matching-aware discriminator loss.
+
+    (real image, its caption) counts as real. Every entry of ``negatives`` counts as fake:
+    typically (generated image, caption), (real image, another sample's caption) and (real image,
+    its caption with one word swapped). The fake terms are averaged with their weights, so the real
+    and the fake side keep equal weight whatever the weights are.
+
+    Args:
+        real: Logits (B,) of real matching pairs.
+        negatives: (logits, weight) pairs; entries with weight 0 are skipped.
+        kind: ``"hinge"`` or ``"non_saturating"`` (the logistic loss).
+    """
+    if kind == "hinge":
+        real_term, fake_term = F.relu(1 - real).mean(), lambda x: F.relu(1 + x).mean()
+    elif kind == "non_saturating":
+        real_term, fake_term = F.softplus(-real).mean(), lambda x: F.softplus(x).mean()
+    else:
+        raise ValueError(f"unknown adversarial loss {kind!r}; choose 'hinge' or 'non_saturating'")
+    used = [(logits, weight) for logits, weight in negatives if weight > 0]
+    if not used:
+        raise ValueError("d_adversarial needs at least one negative with a positive weight")
+    total = sum(weight for _, weight in used)
+    return real_term + sum(weight * fake_term(logits) for logits, weight in used) / total
+
+
+def g_adversarial(fake: torch.Tensor, kind: AdversarialLoss) -> torch.Tensor:
+    """Generator loss on logits (B,) of its images paired with their captions."""
+    if kind == "hinge":
+        return -fake.mean()
+    if kind == "non_saturating":
+        return F.softplus(-fake).mean()
+    raise ValueError(f"unknown adversarial loss {kind!r}; choose 'hinge' or 'non_saturating'")
+
+
+def contrastive(
+    image_embedding: torch.Tensor,
+    text_embedding: torch.Tensor,
+    temperature: float,
+    hard_negatives: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Symmetric image-text InfoNCE over a batch (XMC-GAN / CLIP style).
+
+    Row ``i`` of the image and text embeddings is a matching pair; every other row of the batch is
+    a negative. ``hard_negatives`` (B, E), if given, adds one more text negative per image (row
+    ``i`` for image ``i``), e.g. its own caption with one word swapped.
+
+    Args:
+        image_embedding: (B, E) image embeddings.
+        text_embedding: (B, E) text embeddings.
+        temperature: Softmax temperature of the cosine similarities.
+        hard_negatives: Optional (B, E) extra text embeddings, one per image.
+    """
+    image = F.normalize(image_embedding, dim=1)
+    text = F.normalize(text_embedding, dim=1)
+    logits = image @ text.t() / temperature  # (B, B)
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    text_to_image = F.cross_entropy(logits.t(), targets)
+    if hard_negatives is not None:
+        hard = (image * F.normalize(hard_negatives, dim=1)).sum(1, keepdim=True) / temperature  # (B, 1)
+        logits = torch.cat([logits, hard], dim=1)  # (B, B + 1)
+    return 0.5 * (F.cross_entropy(logits, targets) + text_to_image)
+
+
+def r1_penalty(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """R1 penalty: mean over the batch of ``||d logits / d images||^2`` (multiply by gamma/2 yourself).
+
+    ``images`` must require grad and ``logits`` must have been computed from them.
+    """
+    (grad,) = torch.autograd.grad(logits.sum(), images, create_graph=True)
+    return grad.square().flatten(1).sum(1).mean()
+
+
+def matching_aware_gradient_penalty(
+    logits: torch.Tensor, images: torch.Tensor, sentence: torch.Tensor, power: float = 6.0
+) -> torch.Tensor:
+    """DF-GAN's MA-GP: ``mean(||(d/d image, d/d sentence) logits||^power)`` on real matching pairs.
+
+    Both ``images`` and ``sentence`` must require grad and ``logits`` must depend on them.
+    """
+    grad_image, grad_sentence = torch.autograd.grad(logits.sum(), (images, sentence), create_graph=True)
+    norm = torch.cat([grad_image.flatten(1), grad_sentence.flatten(1)], dim=1).norm(2, dim=1)
+    return norm.pow(power).mean()

@@ -1,0 +1,90 @@
+"""Multimodal discriminator: judges (image, sentence) pairs.
+
+An image backbone of down-sampling residual blocks ends in a 4×4 map ``f`` that is flattened, not
+pooled, so the heads know where things are. Two heads read it:
+
+* an unconditional head ``w·f`` (is this a plausible image at all), and
+* a projection head ``<h, P s>`` with the image embedding ``h = E f`` (does the image match the
+  sentence ``s``), the projection-discriminator form, which conditions far faster than
+  concatenating text to features.
+
+``h`` and ``P s`` also serve the image-text contrastive loss, so the text encoder learns
+discriminative features from the discriminator's side. The unconditional head reads ``f``, not
+``h``, so realism is judged on features the text-alignment losses do not shape.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from m2gan.networks.generator import stage_channels
+
+
+class DownBlock(nn.Module):
+    """A 3×3 convolution, 2×2 average pooling, a second 3×3 convolution, and a residual shortcut.
+
+    The channel increase happens after pooling, at a quarter of the pixels, which keeps the
+    full-resolution stage cheap on a CPU.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.avg_pool2d(self.conv1(F.leaky_relu(x, 0.2)), 2)  # (B, C_in, H/2, W/2)
+        h = self.conv2(F.leaky_relu(h, 0.2))  # (B, C_out, H/2, W/2)
+        return self.shortcut(F.avg_pool2d(x, 2)) + h
+
+
+class Discriminator(nn.Module):
+    """Score image-sentence pairs; higher means "real and matching".
+
+    Args:
+        resolution: Input side, a power of two from 32 to 256.
+        sentence_dim: Width of the text encoder's sentence vector.
+        base_channels: Channels at full resolution; they double at each halving of the side.
+        max_channels: Cap on channels at low resolution.
+        embed_dim: Width of the joint image-text embedding used by the projection head.
+    """
+
+    def __init__(
+        self,
+        resolution: int = 32,
+        sentence_dim: int = 64,
+        base_channels: int = 32,
+        max_channels: int = 128,
+        embed_dim: int = 64,
+    ) -> None:
+        super().__init__()
+        channels = stage_channels(resolution, base_channels, max_channels)
+        sides = sorted(channels, reverse=True)  # resolution, …, 8, 4
+        self.from_rgb = nn.Conv2d(3, channels[resolution], 3, padding=1)
+        self.blocks = nn.Sequential(*(DownBlock(channels[s], channels[s // 2]) for s in sides[:-1]))
+        self.to_embedding = nn.Linear(channels[4] * 4 * 4, embed_dim)
+        self.unconditional = nn.Linear(channels[4] * 4 * 4, 1)
+        self.text_projection = nn.Linear(sentence_dim, embed_dim)
+
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image embedding ``h`` (B, embed_dim) and unconditional logits (B,) of images (B, 3, H, W)."""
+        x = self.blocks(self.from_rgb(images))  # (B, C, 4, 4)
+        flat = F.leaky_relu(x, 0.2).flatten(1)  # (B, C * 16)
+        return self.to_embedding(flat), self.unconditional(flat).squeeze(1)
+
+    def embed_text(self, sentence: torch.Tensor) -> torch.Tensor:
+        """Text embedding ``P s`` (B, embed_dim) in the image embedding's space."""
+        return self.text_projection(sentence)
+
+    @staticmethod
+    def score(image_features: tuple[torch.Tensor, torch.Tensor], text_embedding: torch.Tensor) -> torch.Tensor:
+        """Logits (B,) for paired rows of image features (from :meth:`features`) and text embeddings."""
+        embedding, unconditional = image_features
+        return unconditional + (embedding * text_embedding).sum(dim=1)
+
+    def forward(self, images: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+        """Logits (B,) for images (B, 3, H, W) paired with sentence vectors (B, D)."""
+        return self.score(self.features(images), self.embed_text(sentence))

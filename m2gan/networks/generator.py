@@ -1,0 +1,104 @@
+"""Text-conditioned generator: noise + sentence vector -> image.
+
+A DF-GAN-style stack of up-sampling residual blocks. The condition ``c = [z, sentence]`` enters
+twice: a linear layer turns it into the 4×4 starting feature map (so the layout, e.g. where an
+object sits, can depend on the text), and every block modulates its features with a per-channel
+scale and shift predicted from ``c`` (text fused at every resolution stage).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def check_resolution(resolution: int) -> int:
+    """Return ``log2(resolution)``; raise ``ValueError`` unless it is a power of two in [32, 256]."""
+    if not isinstance(resolution, int) or resolution < 32 or resolution > 256 or resolution & (resolution - 1):
+        raise ValueError(f"resolution must be a power of two from 32 to 256, got {resolution!r}")
+    return int(math.log2(resolution))
+
+
+def stage_channels(resolution: int, base_channels: int, max_channels: int) -> dict[int, int]:
+    """Channels at each feature-map side 4, 8, …, ``resolution``: doubling as the side halves, capped."""
+    return {
+        4 * 2**i: min(max_channels, base_channels * resolution // (4 * 2**i))
+        for i in range(check_resolution(resolution) - 1)
+    }
+
+
+class Modulation(nn.Module):
+    """Per-channel affine modulation ``x * (1 + gamma(c)) + beta(c)`` (DF-GAN's affine block)."""
+
+    def __init__(self, channels: int, cond_dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(cond_dim, cond_dim), nn.ReLU(), nn.Linear(cond_dim, 2 * channels))
+        nn.init.zeros_(self.mlp[-1].weight)  # start as the identity
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.mlp(cond)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
+        return x * (1 + gamma) + beta
+
+
+class UpBlock(nn.Module):
+    """A modulated 3×3 convolution, nearest ×2 up-sampling, a second one, and a residual shortcut.
+
+    The first convolution runs before up-sampling, at a quarter of the pixels: on a CPU this halves
+    the block's cost with no visible loss at the resolutions M2GAN targets.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, cond_dim: int) -> None:
+        super().__init__()
+        self.mod1 = Modulation(in_channels, cond_dim)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.mod2 = Modulation(out_channels, cond_dim)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.leaky_relu(self.mod1(x, cond), 0.2))  # (B, C_out, H, W)
+        h = F.interpolate(h, scale_factor=2.0, mode="nearest")  # (B, C_out, 2H, 2W)
+        h = self.conv2(F.leaky_relu(self.mod2(h, cond), 0.2))
+        return F.interpolate(self.shortcut(x), scale_factor=2.0, mode="nearest") + h
+
+
+class Generator(nn.Module):
+    """Map noise and a sentence vector to an RGB image in [-1, 1].
+
+    Args:
+        resolution: Output side, a power of two from 32 to 256.
+        noise_dim: Width of the noise vector ``z``.
+        sentence_dim: Width of the text encoder's sentence vector.
+        base_channels: Channels at full resolution; they double at each halving of the side.
+        max_channels: Cap on channels at low resolution.
+    """
+
+    def __init__(
+        self,
+        resolution: int = 32,
+        noise_dim: int = 64,
+        sentence_dim: int = 64,
+        base_channels: int = 32,
+        max_channels: int = 128,
+    ) -> None:
+        super().__init__()
+        self.resolution, self.noise_dim = resolution, noise_dim
+        channels = stage_channels(resolution, base_channels, max_channels)
+        cond_dim = noise_dim + sentence_dim
+        self.start_channels = channels[4]
+        self.fc = nn.Linear(cond_dim, channels[4] * 4 * 4)
+        sides = sorted(channels)
+        self.blocks = nn.ModuleList(UpBlock(channels[s // 2], channels[s], cond_dim) for s in sides[1:])
+        self.to_rgb = nn.Conv2d(channels[resolution], 3, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+        """Generate images (B, 3, resolution, resolution) from ``z`` (B, noise_dim) and ``sentence`` (B, D)."""
+        cond = torch.cat([z, sentence], dim=1)  # (B, noise_dim + D)
+        x = self.fc(cond).view(-1, self.start_channels, 4, 4)  # (B, C, 4, 4)
+        for block in self.blocks:
+            x = block(x, cond)  # side doubles each block
+        return torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))

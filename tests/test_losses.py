@@ -1,0 +1,68 @@
+"""Each loss on hand-made inputs with known values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from m2gan import losses
+
+
+def test_hinge_discriminator_loss_values():
+    real, fake = torch.tensor([2.0, 0.0]), torch.tensor([-2.0, 0.5])
+    # real: mean(relu(1-2), relu(1-0)) = 0.5; fake: mean(relu(1-2), relu(1.5)) = 0.75
+    assert losses.d_adversarial(real, [(fake, 1.0)], "hinge").item() == pytest.approx(1.25)
+    mismatched = torch.tensor([1.0, -1.0])  # mean(relu(2), relu(0)) = 1
+    # real + (fake + w * mismatched) / (1 + w) with w = 3: 0.5 + (0.75 + 3) / 4
+    assert losses.d_adversarial(real, [(fake, 1.0), (mismatched, 3.0)], "hinge").item() == pytest.approx(1.4375)
+    # a zero weight drops its term
+    assert losses.d_adversarial(real, [(fake, 1.0), (mismatched, 0.0)], "hinge").item() == pytest.approx(1.25)
+
+
+def test_non_saturating_losses_values():
+    zero = torch.zeros(4)
+    assert losses.d_adversarial(zero, [(zero, 1.0)], "non_saturating").item() == pytest.approx(2 * math.log(2))
+    assert losses.g_adversarial(zero, "non_saturating").item() == pytest.approx(math.log(2))
+    assert losses.g_adversarial(torch.tensor([1.0, 3.0]), "hinge").item() == pytest.approx(-2.0)
+
+
+def test_unknown_loss_kind_is_refused():
+    with pytest.raises(ValueError, match="unknown adversarial loss"):
+        losses.g_adversarial(torch.zeros(2), "wasserstein")
+
+
+def test_hard_negatives_raise_the_contrastive_loss_only_when_close():
+    embedding = torch.eye(4) * 5
+    far = -embedding  # opposite direction: negligible
+    assert losses.contrastive(embedding, embedding, 0.1, hard_negatives=far).item() < 1e-3
+    # a hard negative identical to the positive makes the image side a coin flip between the two
+    same = losses.contrastive(embedding, embedding, 0.1, hard_negatives=embedding).item()
+    assert same == pytest.approx(0.5 * math.log(2), abs=1e-3)
+
+
+def test_contrastive_is_low_for_aligned_pairs_and_high_for_shuffled():
+    embedding = torch.eye(4) * 5
+    aligned = losses.contrastive(embedding, embedding, temperature=0.1)
+    shuffled = losses.contrastive(embedding, embedding.roll(1, 0), temperature=0.1)
+    assert aligned.item() < 1e-3
+    assert shuffled.item() > 5
+    # uniform similarities give log(B)
+    assert losses.contrastive(torch.ones(4, 3), torch.ones(4, 3), 1.0).item() == pytest.approx(math.log(4))
+
+
+def test_r1_penalty_of_a_linear_critic():
+    images = torch.randn(3, 2, 2, 2, requires_grad=True)
+    weight = torch.full((2, 2, 2), 0.5)
+    logits = (images * weight).flatten(1).sum(1)
+    # gradient is the weight everywhere: squared norm 8 * 0.25 = 2 per sample
+    assert losses.r1_penalty(logits, images).item() == pytest.approx(2.0)
+
+
+def test_matching_aware_gradient_penalty_of_a_linear_critic():
+    images = torch.randn(2, 1, 1, 1, requires_grad=True)
+    sentence = torch.randn(2, 1, requires_grad=True)
+    logits = 3 * images.flatten(1).sum(1) + 4 * sentence.sum(1)
+    # gradient norm sqrt(3^2 + 4^2) = 5, to the power 2
+    assert losses.matching_aware_gradient_penalty(logits, images, sentence, power=2).item() == pytest.approx(25.0)

@@ -1,0 +1,116 @@
+"""The M2GAN module: training steps update what they should, sampling behaves as documented."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from m2gan.data import ShapesDataModule
+from m2gan.model import M2GAN
+from tests.conftest import TINY_MODEL
+
+
+def _fit(model, datamodule, batches: int) -> pl.Trainer:
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=batches,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule)
+    return trainer
+
+
+def test_generate_returns_uint8_images_per_prompt(tiny_model):
+    images = tiny_model.generate(["a red circle at the left", "a small blue square at the top"], num_images=3, seed=0)
+    assert images.shape == (6, 3, 32, 32) and images.dtype == torch.uint8
+
+
+def test_same_seed_same_images_other_seed_other_images(tiny_model):
+    prompts = ["a red circle at the left"]
+    assert torch.equal(tiny_model.generate(prompts, 2, seed=1), tiny_model.generate(prompts, 2, seed=1))
+    assert not torch.equal(tiny_model.generate(prompts, 2, seed=1), tiny_model.generate(prompts, 2, seed=2))
+
+
+@pytest.mark.parametrize("prompts", [[""], ["a red circle", "   "], []])
+def test_empty_prompts_are_refused(tiny_model, prompts):
+    with pytest.raises(ValueError, match="empty|no prompts"):
+        tiny_model.generate(prompts)
+
+
+def test_unknown_words_warn(tiny_model):
+    with pytest.warns(UserWarning, match="zebra"):
+        tiny_model.generate(["a red zebra"])
+
+
+def test_a_model_without_tokenizer_says_so(datamodule):
+    model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
+    with pytest.raises(RuntimeError, match="no tokenizer"):
+        model.generate(["a red circle"])
+
+
+def test_training_updates_networks_text_encoder_and_ema(datamodule, tiny_model):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    _fit(tiny_model, datamodule, batches=4)
+    after = tiny_model.state_dict()
+    for prefix in ("generator.", "discriminator.", "text_encoder.", "generator_ema.", "text_encoder_ema."):
+        changed = [k for k in after if k.startswith(prefix) and not torch.equal(before[k], after[k])]
+        assert changed, f"no parameter of {prefix} changed"
+    assert int(tiny_model.d_steps) == 4 and int(tiny_model.g_steps) == 4
+    # The EMA generator averages, it does not copy.
+    assert not torch.equal(tiny_model.generator_ema.fc.weight, tiny_model.generator.fc.weight)
+
+
+def test_n_critic_makes_fewer_generator_steps(datamodule):
+    model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, n_critic=2, **TINY_MODEL)
+    trainer = _fit(model, datamodule, batches=4)
+    assert (int(model.d_steps), int(model.g_steps)) == (4, 2)
+    assert trainer.global_step == 6  # Lightning counts every optimizer step
+
+
+@pytest.mark.parametrize("penalty", ["r1", "ma_gp"])
+def test_gradient_penalties_train_without_error(datamodule, penalty):
+    model = M2GAN(
+        vocab_size=datamodule.vocab_size,
+        max_length=datamodule.max_length,
+        gradient_penalty=penalty,
+        gp_interval=1,
+        **TINY_MODEL,
+    )
+    _fit(model, datamodule, batches=2)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_wrong_tokenizer_is_refused(tiny_model):
+    other = ShapesDataModule(max_length=12, tokenizer_fit_size=50).tokenizer
+    with pytest.raises(ValueError, match="does not fit"):
+        tiny_model.set_tokenizer(other)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"resolution": 48}, "power of two"), ({"lr_g": -1.0}, "lr_g"), ({"n_critic": 0}, "n_critic")],
+)
+def test_bad_hyper_parameters_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        M2GAN(**kwargs)
+
+
+def test_missing_checkpoint_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        M2GAN.load(tmp_path / "nope.ckpt")
+
+
+def test_checkpoint_from_other_data_is_refused(tiny_model):
+    from m2gan.model import TOKENIZER_KEY
+    from m2gan.tokenizer import CaptionTokenizer
+
+    other = CaptionTokenizer.fit(["entirely different words here"], max_length=tiny_model.hparams.max_length)
+    with pytest.raises(ValueError, match="tokenizer differs"):
+        tiny_model.on_load_checkpoint({TOKENIZER_KEY: other.to_json()})
+    with pytest.raises(ValueError, match="not written by M2GAN"):
+        tiny_model.on_load_checkpoint({})

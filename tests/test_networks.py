@@ -1,0 +1,51 @@
+"""Network shapes at every supported resolution, and clear errors for unsupported ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from m2gan.networks import AttributeClassifier, Discriminator, Generator, TextEncoder
+
+
+@pytest.mark.parametrize("resolution", [32, 64, 128, 256])
+def test_generator_and_discriminator_shapes(resolution):
+    generator = Generator(resolution, noise_dim=8, sentence_dim=16, base_channels=4, max_channels=16)
+    discriminator = Discriminator(resolution, sentence_dim=16, base_channels=4, max_channels=16, embed_dim=8)
+    images = generator(torch.randn(2, 8), torch.randn(2, 16))
+    assert images.shape == (2, 3, resolution, resolution)
+    assert images.min() >= -1 and images.max() <= 1
+    assert discriminator(images, torch.randn(2, 16)).shape == (2,)
+    embedding, unconditional = discriminator.features(images)
+    assert embedding.shape == (2, 8) and unconditional.shape == (2,)
+
+
+@pytest.mark.parametrize("resolution", [16, 48, 512, 100])
+def test_unsupported_resolutions_are_refused(resolution):
+    with pytest.raises(ValueError, match="power of two from 32 to 256"):
+        Generator(resolution)
+    with pytest.raises(ValueError, match="power of two from 32 to 256"):
+        Discriminator(resolution)
+
+
+def test_text_encoder_ignores_padding():
+    encoder = TextEncoder(vocab_size=10, max_length=6, width=16, sentence_dim=8).eval()
+    short = torch.tensor([[2, 5, 6, 3, 0, 0]])
+    other_padding = torch.tensor([[2, 5, 6, 3, 0, 0]])
+    words, sentence = encoder(short)
+    assert words.shape == (1, 6, 16) and sentence.shape == (1, 8)
+    # Changing what sits under padding positions never changes the sentence vector.
+    encoder.token_embedding.weight.data[0] += 5.0
+    torch.testing.assert_close(encoder(other_padding)[1], sentence)
+
+
+def test_projection_head_depends_on_the_text():
+    discriminator = Discriminator(32, sentence_dim=16, base_channels=4, max_channels=16, embed_dim=8)
+    images = torch.randn(3, 3, 32, 32)
+    assert not torch.allclose(discriminator(images, torch.randn(3, 16)), discriminator(images, torch.randn(3, 16)))
+
+
+def test_attribute_classifier_heads():
+    classifier = AttributeClassifier({"shape": 4, "colour": 7})
+    logits = classifier(torch.randn(2, 3, 32, 32))
+    assert logits["shape"].shape == (2, 4) and logits["colour"].shape == (2, 7)

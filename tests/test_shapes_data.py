@@ -1,0 +1,100 @@
+"""The built-in shapes data: deterministic, captions that say what the image shows."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from m2gan.data import ShapesDataModule, ShapesDataset
+from m2gan.data.shapes import _PLACES, _RELATIONS, _SYNONYMS, COLOURS, COLS, ROWS, SHAPES, SIZES
+
+
+def test_same_seed_and_index_give_the_same_sample():
+    a, b = ShapesDataset("train", 100, seed=3), ShapesDataset("train", 100, seed=3)
+    for i in (0, 7, 99):
+        assert torch.equal(a[i]["image"], b[i]["image"])
+        assert a[i]["caption"] == b[i]["caption"]
+        assert a.scene(i) == b.scene(i)
+
+
+def test_seeds_and_splits_give_different_samples():
+    train, val, other_seed = (ShapesDataset(s, 50, seed=k) for s, k in (("train", 0), ("val", 0), ("train", 1)))
+    assert not torch.equal(train.image(0), val.image(0))
+    assert [train.caption(i) for i in range(50)] != [val.caption(i) for i in range(50)]
+    assert [train.scene(i) for i in range(50)] != [other_seed.scene(i) for i in range(50)]
+
+
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_images_have_the_asked_resolution_and_range(resolution):
+    image = ShapesDataset("train", 4, resolution)[0]["image"]
+    assert image.shape == (3, resolution, resolution) and image.dtype == torch.float32
+    assert image.min() >= -1 and image.max() <= 1
+
+
+def _mentions(caption: str, key: str) -> bool:
+    return any(re.search(rf"\b{re.escape(word)}\b", caption) for word in _SYNONYMS[key])
+
+
+def test_single_object_captions_name_its_attributes():
+    dataset = ShapesDataset("train", 300, two_object_prob=0.0)
+    for i in range(300):
+        (obj,) = dataset.scene(i).objects
+        caption = dataset.caption(i)
+        assert _mentions(caption, SHAPES[obj.shape]), caption
+        assert _mentions(caption, COLOURS[obj.colour]), caption
+        assert _mentions(caption, SIZES[obj.size]), caption
+        assert any(place in caption for place in _PLACES[(ROWS[obj.row], COLS[obj.col])]), caption
+
+
+def test_two_object_captions_name_both_and_their_relation():
+    dataset = ShapesDataset("train", 200, two_object_prob=1.0)
+    for i in range(200):
+        a, b = dataset.scene(i).objects
+        caption = dataset.caption(i)
+        assert _mentions(caption, COLOURS[a.colour]) and _mentions(caption, COLOURS[b.colour]), caption
+        relation = next(k for k, words in _RELATIONS.items() if any(f" {w} a " in caption for w in words))
+        if relation in ("left", "right"):
+            assert (b.col - a.col > 0) == (relation == "left"), caption
+        else:
+            assert (b.row - a.row > 0) == (relation == "above"), caption
+
+
+def test_the_object_is_drawn_in_its_colour_where_the_scene_says():
+    dataset = ShapesDataset("train", 50, resolution=32, two_object_prob=0.0)
+    from m2gan.data.shapes import _RGB
+
+    for i in range(50):
+        (obj,) = dataset.scene(i).objects
+        image = (dataset.image(i) + 1) / 2  # (3, H, W) in [0, 1]
+        cy, cx = int((obj.row + 0.5) / 3 * 32), int((obj.col + 0.5) / 3 * 32)
+        centre = image[:, cy, cx]
+        if SHAPES[obj.shape] == "triangle":  # the triangle's centroid sits below the cell centre
+            centre = image[:, cy + 1, cx]
+        assert torch.allclose(centre, torch.tensor(_RGB[COLOURS[obj.colour]]), atol=0.15), (i, centre)
+
+
+def test_wording_varies():
+    dataset = ShapesDataset("train", 200, two_object_prob=0.0)
+    first_words = {dataset.caption(i).split()[0] for i in range(200)}
+    assert len(first_words) >= 3
+    refs = dataset.references(0, count=5)
+    assert refs[0] == dataset.caption(0) and len(set(refs)) >= 2
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="split"):
+        ShapesDataset("training")
+    with pytest.raises(IndexError):
+        ShapesDataset("train", 10)[10]
+
+
+def test_datamodule_batches_are_tokenised(datamodule):
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["image"].shape == (8, 3, 32, 32)
+    assert batch["tokens"].shape == (8, datamodule.max_length)
+    assert datamodule.tokenizer.decode(batch["tokens"][0]) == batch["caption"][0].lower()
+    # The same data config always fits the same vocabulary (resume and sampling rely on it).
+    same_config = ShapesDataModule(batch_size=8, train_size=64, val_size=16, test_size=16, tokenizer_fit_size=300)
+    assert same_config.tokenizer == datamodule.tokenizer

@@ -1,0 +1,106 @@
+"""End to end through train.py: train a few steps, sample from the checkpoint, run again."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from m2gan.model import M2GAN
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "--data.train_size=32",
+    "--data.batch_size=8",
+    "--data.val_size=8",
+    "--data.tokenizer_fit_size=300",
+    "--model.g_channels=8",
+    "--model.d_channels=8",
+    "--model.max_channels=16",
+    "--model.noise_dim=8",
+    "--model.text_width=16",
+    "--model.sentence_dim=16",
+    "--model.embed_dim=16",
+    "--trainer.val_check_interval=2",
+    "--trainer.limit_val_batches=1",
+]
+
+
+def run_train(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    return sorted(folder.glob("runs/m2gan/*/checkpoints/last.ckpt"))
+
+
+def test_fit_writes_a_checkpoint_that_samples_and_a_second_run_works(tmp_path):
+    first = run_train(["fit", *TINY], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (last,) = checkpoints(tmp_path)
+    run_folder = last.parent.parent
+    assert (run_folder / "config.yaml").is_file()
+    assert list((run_folder / "samples").glob("step_*.png")), "no sample grid written"
+    assert list(tmp_path.glob("runs/wandb/offline-run-*/run-*.wandb")), "no offline W&B run"
+
+    model = M2GAN.load(last)
+    images = model.generate(["a red circle at the left"], num_images=4, seed=0)
+    assert images.shape == (4, 3, 32, 32) and images.dtype == torch.uint8
+    assert int(model.g_steps) == 4  # 32 images / batch 8: the whole epoch is in last.ckpt
+
+    tested = run_train(["test", *TINY, f"--ckpt_path={last}"], tmp_path)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    assert "test/match_acc" in tested.stdout
+
+    second = run_train(["fit", *TINY, "--trainer.max_steps=2"], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert len(checkpoints(tmp_path)) == 2  # its own run folder: nothing of the first run overwritten
+
+
+def test_wandb_failure_falls_back_to_csv(tmp_path):
+    # Online mode with no API key anywhere: W&B refuses to start; training must go on.
+    env = {"WANDB_MODE": "online", "WANDB_API_KEY": "", "HOME": str(tmp_path), "NETRC": str(tmp_path / "none")}
+    result = run_train(["fit", *TINY, "--trainer.max_steps=4", "--trainer.log_every_n_steps=1"], tmp_path, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "logging to CSV" in result.stderr
+    assert list(tmp_path.glob("runs/m2gan/version_*/metrics.csv"))
+    assert list(tmp_path.glob("runs/m2gan/version_*/checkpoints/last.ckpt"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fit", "--model.no_such_knob=1"], "no_such_knob"),
+        (["fit", "--data.resolution=48"], "power of two"),
+    ],
+)
+def test_bad_config_is_a_clear_error(tmp_path, args, message):
+    result = run_train(args, tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_no_subcommand_prints_usage(tmp_path):
+    result = run_train([], tmp_path)
+    assert result.returncode == 0
+    assert "python train.py fit" in result.stdout
+
+
+def test_print_config_shows_the_default_job(tmp_path):
+    result = run_train(["fit", "--print_config"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "class_path: callbacks.SampleGrid" in result.stdout
+    assert "contrastive_weight_d" in result.stdout
