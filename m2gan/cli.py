@@ -92,8 +92,7 @@ class M2GANCLI(LightningCLI):
 
 def main(default_config: str, args: list[str] | None = None) -> M2GANCLI | None:
     """Run the CLI with ``default_config`` as every subcommand's default config file."""
-    args = sys.argv[1:] if args is None else args
-    if not args:
+    if not (sys.argv[1:] if args is None else args):
         print(USAGE)
         return None
     from m2gan.data import ShapesDataModule

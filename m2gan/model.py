@@ -6,9 +6,10 @@ steps, so with ``n_critic=1`` one batch advances it by 2: ``--trainer.max_steps 
 batches. The default config therefore sets the run's length in batches through the epoch length
 (``data.train_size / data.batch_size``) and leaves ``max_steps`` unset.
 
-Where the text encoder gets its gradient decides whether conditioning is learned at all
-(../shared/findings.md): it is trained by the discriminator's losses (matching-aware adversarial
-and image-text contrastive) and the generator sees its sentence vectors detached.
+Where the text encoder gets its gradient decides whether conditioning is learned at all: trained
+only to help the generator fool the discriminator, its features collapse and the generator ignores
+the text. Here it is trained by the discriminator's losses (matching-aware adversarial and
+image-text contrastive), and the generator sees its sentence vectors detached.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class M2GAN(pl.LightningModule):
         lr_d: Discriminator (and text encoder) learning rate.
         betas: Adam betas of both optimisers.
         grad_clip: Clip each network's gradient norm to this value before its step; None = off.
+            (Under ``16-mixed`` precision the clipped gradients are still loss-scaled; prefer
+            ``bf16-mixed``, which has no scaler.)
         ema_half_life_images: Half-life of the EMA generator's weights, in training images.
         ema_rampup: Cap the EMA half-life at this fraction of the images seen so far; None = off.
     """
@@ -136,8 +139,8 @@ class M2GAN(pl.LightningModule):
         self.tokenizer = tokenizer
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        tokenizer = getattr(datamodule, "tokenizer", None)
+        # The data module owns the tokenizer it fitted on the training captions.
+        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)
 
@@ -230,10 +233,7 @@ class M2GAN(pl.LightningModule):
                     penalty = hp.gp_weight * losses.matching_aware_gradient_penalty(real_logits, images, sentence)
                 loss = loss + hp.gp_interval * penalty
                 logs["train/gradient_penalty"] = penalty.detach()
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            self._clip(opt_d)
-            opt_d.step()
+            self._optimizer_step(opt_d, loss)
         self.d_steps += 1
         with torch.no_grad():
             logs["train/d_loss"] = loss.detach()
@@ -265,10 +265,7 @@ class M2GAN(pl.LightningModule):
                 contrastive = losses.contrastive(fake_features[0], text_embedding, hp.contrastive_temperature, hard)
                 loss = loss + hp.contrastive_weight_g * contrastive
                 logs["train/g_contrastive"] = contrastive.detach()
-            opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            self._clip(opt_g)
-            opt_g.step()
+            self._optimizer_step(opt_g, loss)
         self.g_steps += 1
         logs["train/g_loss"] = loss.detach()
         self.log_dict(logs, prog_bar=False)
@@ -281,9 +278,12 @@ class M2GAN(pl.LightningModule):
         update_ema(self.generator_ema, self.generator, beta)
         update_ema(self.text_encoder_ema, self.text_encoder, beta)
 
-    def _clip(self, optimizer) -> None:
+    def _optimizer_step(self, optimizer, loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
         if self.hparams.grad_clip is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+        optimizer.step()
 
     def noise(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Standard normal noise (B, noise_dim) on the model's device."""

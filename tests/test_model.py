@@ -66,7 +66,9 @@ def test_training_updates_networks_text_encoder_and_ema(datamodule, tiny_model):
 
 
 def test_n_critic_makes_fewer_generator_steps(datamodule):
-    model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, n_critic=2, **TINY_MODEL)
+    model = M2GAN(
+        vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, n_critic=2, grad_clip=0.5, **TINY_MODEL
+    )
     trainer = _fit(model, datamodule, batches=4)
     assert (int(model.d_steps), int(model.g_steps)) == (4, 2)
     assert trainer.global_step == 6  # Lightning counts every optimizer step
