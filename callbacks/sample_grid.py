@@ -37,14 +37,16 @@ class SampleGrid(pl.Callback):
             raise ValueError(f"every_n_steps must be positive, got {every_n_steps}")
         self.prompts, self.every_n_steps, self.num_images = list(prompts), every_n_steps, num_images
         self.seed, self.scale = seed, scale
-        self._last_step = -1
+        self._last_step = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_step = trainer.global_step  # a resumed run continues the schedule
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
         # global_step may jump by 2 per batch, so test whether an interval boundary was crossed.
-        step = trainer.global_step
-        if step // self.every_n_steps > max(self._last_step, 0) // self.every_n_steps:
+        if trainer.global_step // self.every_n_steps > self._last_step // self.every_n_steps:
             self.log_grid(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -57,10 +59,6 @@ class SampleGrid(pl.Callback):
         if not trainer.is_global_zero:
             return
         images = pl_module.generate(self.prompts, num_images=self.num_images, seed=self.seed)
-        rows = [
-            prompt_grid(images[i * self.num_images : (i + 1) * self.num_images], [p], self.scale)
-            for i, p in enumerate(self.prompts)
-        ]
         try:
             folder = os.path.join(run_dir(trainer), "samples")
             os.makedirs(folder, exist_ok=True)
@@ -69,6 +67,8 @@ class SampleGrid(pl.Callback):
             warnings.warn(f"could not write the sample grid at step {step}: {error}", stacklevel=1)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
+                n = self.num_images
+                rows = [prompt_grid(images[i * n : (i + 1) * n], [p], self.scale) for i, p in enumerate(self.prompts)]
                 try:
                     logger.log_image(key="samples", images=rows, caption=self.prompts)
                 except Exception as error:  # noqa: BLE001 - a logging failure must not stop training

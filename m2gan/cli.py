@@ -99,10 +99,14 @@ def main(default_config: str, args: list[str] | None = None) -> M2GANCLI | None:
     from m2gan.model import M2GAN
 
     defaults = {"default_config_files": [default_config]}
-    return M2GANCLI(
-        M2GAN,
-        ShapesDataModule,
-        save_config_callback=RunConfigSaver,
-        parser_kwargs={sub: defaults for sub in ("fit", "validate", "test", "predict")},
-        args=args,
-    )
+    try:
+        return M2GANCLI(
+            M2GAN,
+            ShapesDataModule,
+            save_config_callback=RunConfigSaver,
+            parser_kwargs={sub: defaults for sub in ("fit", "validate", "test", "predict")},
+            args=args,
+        )
+    except FileNotFoundError as error:  # e.g. --ckpt_path to a file that is not there
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

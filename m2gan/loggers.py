@@ -17,7 +17,8 @@ def wandb_logged_in() -> bool:
         return True
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
     try:
-        return netrc.netrc().authenticators(host) is not None
+        # NETRC points to another file, as for wandb itself and curl.
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
 

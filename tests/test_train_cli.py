@@ -84,6 +84,8 @@ def test_wandb_failure_falls_back_to_csv(tmp_path):
     [
         (["fit", "--model.no_such_knob=1"], "no_such_knob"),
         (["fit", "--data.resolution=48"], "power of two"),
+        (["fit", "--ckpt_path=missing.ckpt"], "missing.ckpt"),
+        (["fit", "--model.lr_g=fast"], "lr_g"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, args, message):
