@@ -1,8 +1,8 @@
 """Does the default config learn text conditioning? Train it for a wall-clock budget, then judge.
 
-1. Train an attribute classifier (the judge) on real single-object shapes images and report its
+1. Train ``configs/default.yaml`` through ``train.py``'s CLI for ``--minutes`` of wall-clock time.
+2. Train an attribute classifier (the judge) on real single-object shapes images and report its
    accuracy on real validation images (it must be near 100% for its verdicts to mean anything).
-2. Train ``configs/default.yaml`` through ``train.py``'s CLI for ``--minutes`` of wall-clock time.
 3. Draw one image with the EMA generator for each of ``--eval-images`` held-out captions (test
    split, single objects) and print the judge's shape, colour, size and position accuracy next to
    the chance level.
@@ -47,15 +47,6 @@ def main() -> None:
     if args.quick:
         args.minutes, args.eval_images = min(args.minutes, 1.0), min(args.eval_images, 200)
 
-    start = time.perf_counter()
-    judge = train_judge()
-    resolution = judge_resolution = 32
-    val_images, val_labels = labelled_images(
-        ShapesDataset("val", 1000, judge_resolution, seed=99, two_object_prob=0.0), 1000
-    )
-    judge_accuracy = accuracy(judge, val_images, val_labels)
-    judge_seconds = time.perf_counter() - start
-
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.out or tmp
         seconds = int(round(args.minutes * 60))
@@ -79,8 +70,13 @@ def main() -> None:
         resolution = model.hparams.resolution
         batches = int(model.g_steps)
 
-    if resolution != judge_resolution:
-        judge = train_judge(resolution=resolution)
+    # The judge learns the attributes at the model's resolution, from its own slice of the data.
+    start = time.perf_counter()
+    judge = train_judge(resolution=resolution)
+    val_images, val_labels = labelled_images(ShapesDataset("val", 1000, resolution, seed=99, two_object_prob=0.0), 1000)
+    judge_accuracy = accuracy(judge, val_images, val_labels)
+    judge_seconds = time.perf_counter() - start
+
     test = ShapesDataset("test", args.eval_images, resolution, seed=args.seed, two_object_prob=0.0)
     captions = [test.caption(i) for i in range(args.eval_images)]
     labels = scene_labels(test, args.eval_images)

@@ -62,7 +62,7 @@ class M2GANCLI(LightningCLI):
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         trainer = config["trainer"]
         if trainer.get("precision") is None:
-            # bf16 autocast where the GPU supports it; full precision on CPU, where bf16 is slower.
+            # bf16 autocast where the GPU supports it (no loss scaler needed); full precision elsewhere.
             use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
             trainer["precision"] = "bf16-mixed" if use_bf16 else "32-true"
 
