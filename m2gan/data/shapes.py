@@ -273,16 +273,20 @@ class ShapesDataset(Dataset):
 
     def caption(self, index: int) -> str:
         """The caption paired with sample ``index`` in training."""
-        return describe(self.scene(index), _rng(self.seed, self.split, index, 1))
+        return self._caption(self.scene(index), index)
 
     def references(self, index: int, count: int = 5) -> list[str]:
         """``count`` captions of sample ``index`` (the first is :meth:`caption`), for caption metrics."""
         scene = self.scene(index)
-        return [describe(scene, _rng(self.seed, self.split, index, 1 + k * 1000)) for k in range(count)]
+        return [self._caption(scene, index, k) for k in range(count)]
 
     def image(self, index: int) -> torch.Tensor:
         """The image of sample ``index``, (3, H, W) float in [-1, 1]."""
         return self._image(self.scene(index), index)
+
+    def _caption(self, scene: Scene, index: int, reference: int = 0) -> str:
+        # Reference 0 is the training caption; each further reference draws from its own stream.
+        return describe(scene, _rng(self.seed, self.split, index, 1 + reference * 1000))
 
     def _image(self, scene: Scene, index: int) -> torch.Tensor:
         pixels = render(scene, self.resolution, _rng(self.seed, self.split, index, 2))
@@ -290,5 +294,4 @@ class ShapesDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         scene = self.scene(index)
-        caption = describe(scene, _rng(self.seed, self.split, index, 1))
-        return {"image": self._image(scene, index), "caption": caption}
+        return {"image": self._image(scene, index), "caption": self._caption(scene, index)}
