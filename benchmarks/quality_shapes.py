@@ -6,10 +6,13 @@
 3. Draw one image with the EMA generator for each of ``--eval-images`` held-out captions (test
    split, single objects) and print the judge's shape, colour, size and position accuracy next to
    the chance level.
+4. Caption real images with the EMA captioner (greedy): corpus BLEU-1…4 on the validation split
+   against its 5 reference captions per image, and the share of held-out single-object test
+   images whose caption names exactly their colour and shape (read off the ground truth).
 
     python benchmarks/quality_shapes.py                  # 10 minutes of training
     python benchmarks/quality_shapes.py --quick          # 1 minute, a smoke run
-    python benchmarks/quality_shapes.py -- --model.contrastive_weight_g 0   # extra CLI overrides
+    python benchmarks/quality_shapes.py -- --model.cycle_weight 0   # extra CLI overrides
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from pathlib import Path
 import torch
 
 from m2gan.cli import main as cli_main
-from m2gan.data.shapes import ShapesDataset
+from m2gan.data.shapes import ShapesDataset, named_attributes
 from m2gan.grid import prompt_grid
+from m2gan.metrics import corpus_bleu
 from m2gan.shapes_judge import ATTRIBUTES, accuracy, labelled_images, scene_labels, train_judge
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +39,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget")
     parser.add_argument("--quick", action="store_true", help="1 minute of training, fewer judged images")
     parser.add_argument("--eval-images", type=int, default=1000, help="held-out captions to draw and judge")
+    parser.add_argument("--bleu-images", type=int, default=512, help="validation images to caption for BLEU")
     parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="keep the training run here and write a grid of judged samples")
@@ -46,6 +51,7 @@ def main() -> None:
     args = parse_args()
     if args.quick:
         args.minutes, args.eval_images = min(args.minutes, 1.0), min(args.eval_images, 200)
+        args.bleu_images = min(args.bleu_images, 128)
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.out or tmp
@@ -84,6 +90,7 @@ def main() -> None:
         [model.generate(captions[i : i + 250], seed=args.seed + i) for i in range(0, len(captions), 250)]
     )
     generated_accuracy = accuracy(judge, generated, labels)
+    bleu, caption_accuracy = caption_quality(model, test, labels, args.bleu_images)
     if args.out:
         grid = prompt_grid(model.generate(captions[:8], num_images=6, seed=args.seed), captions[:8], scale=3)
         grid.save(os.path.join(args.out, "judged_samples.png"))
@@ -93,6 +100,28 @@ def main() -> None:
     print(f"{'attribute':<10} {'chance':>7} {'judge on real':>14} {'generated':>10}")
     for name, classes in ATTRIBUTES.items():
         print(f"{name:<10} {1 / classes:>7.1%} {judge_accuracy[name]:>14.1%} {generated_accuracy[name]:>10.1%}")
+    print(f"captions of {args.bleu_images} validation images: " + ", ".join(f"{k} {v:.3f}" for k, v in bleu.items()))
+    print(f"captions naming the right colour and shape ({args.eval_images} test images): {caption_accuracy:.1%}")
+
+
+def caption_quality(model, test: ShapesDataset, labels: dict, bleu_images: int) -> tuple[dict[str, float], float]:
+    """Corpus BLEU on validation images, and how often captions of ``test`` images name their colour and shape."""
+    data = model.trainer.datamodule.hparams
+    val = ShapesDataset("val", bleu_images, model.hparams.resolution, data.seed, data.two_object_prob)
+    images = torch.stack([val.image(i) for i in range(bleu_images)])
+    hypotheses = [c for i in range(0, bleu_images, 256) for c in model.caption(images[i : i + 256])]
+    references = [
+        [model.tokenizer.normalize(r) for r in val.references(i, data.num_references)] for i in range(len(val))
+    ]
+    bleu = corpus_bleu(hypotheses, references)
+    test_images = torch.stack([test.image(i) for i in range(len(test))])
+    captions = [c for i in range(0, len(test), 256) for c in model.caption(test_images[i : i + 256])]
+    named = [named_attributes(c) for c in captions]
+    right = [
+        n["shape"] == [labels["shape"][i].item()] and n["colour"] == [labels["colour"][i].item()]
+        for i, n in enumerate(named)
+    ]
+    return bleu, sum(right) / len(right)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Lightning callbacks of M2GAN: they reach the model only through its public sampling methods."""
 
+from callbacks.caption_bleu import CaptionBLEU
 from callbacks.checkpoint import FinalCheckpoint
 from callbacks.sample_grid import SampleGrid
 
-__all__ = ["FinalCheckpoint", "SampleGrid"]
+__all__ = ["CaptionBLEU", "FinalCheckpoint", "SampleGrid"]

@@ -100,3 +100,26 @@ def matching_aware_gradient_penalty(
     grad_image, grad_sentence = torch.autograd.grad(logits.sum(), (images, sentence), create_graph=True)
     norm = torch.cat([grad_image.flatten(1), grad_sentence.flatten(1)], dim=1).norm(2, dim=1)
     return norm.pow(power).mean()
+
+
+def caption_cross_entropy(
+    logits: torch.Tensor, tokens: torch.Tensor, pad_id: int, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Teacher-forced captioning loss: mean cross-entropy of ``tokens[:, 1:]`` given ``logits``.
+
+    Used both to train the captioner on real pairs and, as the cycle (redescription) loss, to score
+    how well a generated image is described by the prompt it was drawn from.
+
+    Args:
+        logits: (B, L-1, V) next-token logits for the prefixes ``tokens[:, :-1]``.
+        tokens: (B, L) caption rows ``[BOS] … [EOS] [PAD] …``.
+        pad_id: Padding id; padding targets are ignored.
+        label_smoothing: Probability mass spread uniformly over the vocabulary (0 = none).
+    """
+    targets = tokens[:, 1:]
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        targets.reshape(-1),
+        ignore_index=pad_id,
+        label_smoothing=label_smoothing,
+    )

@@ -1,7 +1,9 @@
 """The M2GAN LightningModule: orchestrates networks, losses and optimisers.
 
-One training batch makes one discriminator step (``d_step``) and, every ``n_critic`` batches, one
-generator step (``g_step``) followed by an EMA update. Lightning's ``global_step`` counts *optimizer*
+Three players: a generator (text -> image), a captioner (image -> text), and a multimodal
+discriminator with its text encoder, which judges (image, text) pairs. One training batch makes one
+discriminator step (``d_step``) and, every ``n_critic`` batches, one step of generator and captioner
+together (``g_step``) followed by an EMA update. Lightning's ``global_step`` counts *optimizer*
 steps, so with ``n_critic=1`` one batch advances it by 2: ``--trainer.max_steps 2000`` means 1,000
 batches. The default config therefore sets the run's length in batches through the epoch length
 (``data.train_size / data.batch_size``) and leaves ``max_steps`` unset.
@@ -10,27 +12,59 @@ Where the text encoder gets its gradient decides whether conditioning is learned
 only to help the generator fool the discriminator, its features collapse and the generator ignores
 the text. Here it is trained by the discriminator's losses (matching-aware adversarial and
 image-text contrastive), and the generator sees its sentence vectors detached.
+
+The captioner learns from real pairs (teacher-forced cross-entropy). Through the cycle loss it
+also tells the generator whether its image can be read back as the prompt; for that term the
+captioner is frozen, or the two would agree on a private code instead of drawing the text.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import warnings
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Iterator, Sequence
+from typing import Literal, NamedTuple
 
 import pytorch_lightning as pl
 import torch
 
-from m2gan import losses
+from m2gan import decoding, losses
 from m2gan.ema import ema_beta, update_ema
+from m2gan.images import ImageInput, prepare_images
 from m2gan.negatives import swap_one_word
-from m2gan.networks import Discriminator, Generator, TextEncoder
+from m2gan.networks import Captioner, Discriminator, Generator, TextEncoder
 from m2gan.networks.generator import check_resolution
-from m2gan.tokenizer import SPECIAL_TOKENS, CaptionTokenizer
+from m2gan.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, CaptionTokenizer
 
 TOKENIZER_KEY = "m2gan_tokenizer"
+
+
+class TextBatch(NamedTuple):
+    """What the discriminator step hands the generator step about a batch's captions."""
+
+    tokens: torch.Tensor
+    """(B, L) token rows of the batch's captions."""
+    sentence: torch.Tensor
+    """(B, S) their sentence vectors, detached."""
+    swapped_sentence: torch.Tensor | None
+    """(B, S) sentence vectors of the word-swapped captions (None when ``swap_weight`` is 0)."""
+    sampled_tokens: torch.Tensor | None
+    """(B, L) the captioner's sampled captions of the real images (None unless the adversarial
+    caption loss is on)."""
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[None]:
+    """Within the block, ``module``'s parameters record no gradient (gradients still flow through it)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 class M2GAN(pl.LightningModule):
@@ -71,7 +105,21 @@ class M2GAN(pl.LightningModule):
         grad_clip: Clip each network's gradient norm to this value before its step; None = off.
             (Under ``16-mixed`` precision the clipped gradients are still loss-scaled; prefer
             ``bf16-mixed``, which has no scaler.)
-        ema_half_life_images: Half-life of the EMA generator's weights, in training images.
+        captioner_width: Width of the captioner's image tokens, word embeddings and decoder.
+        captioner_layers: Transformer decoder layers of the captioner.
+        captioner_channels: Channels of the captioner's image encoder at full resolution.
+        caption_weight: Weight of the captioner's teacher-forced cross-entropy on real pairs;
+            0 leaves the captioner untrained (and then the cycle loss must be off too).
+        caption_label_smoothing: Label smoothing of that cross-entropy.
+        cycle_weight: Weight of the cycle (redescription) loss trained into the generator: the
+            frozen captioner's cross-entropy of the prompt given the generated image; 0 = off.
+        caption_adversarial_weight: Weight of the adversarial caption loss: the discriminator also
+            counts (real image, sampled caption) as fake, and the captioner learns to fool it
+            through straight-through one-hot tokens; 0 = off.
+        caption_temperature: Softmax temperature of the straight-through relaxation.
+        lr_captioner: Captioner learning rate.
+        captioner_betas: Adam betas of the captioner (a language model wants momentum, unlike GANs).
+        ema_half_life_images: Half-life of the EMA generator's (and captioner's) weights, in training images.
         ema_rampup: Cap the EMA half-life at this fraction of the images seen so far; None = off.
     """
 
@@ -102,26 +150,57 @@ class M2GAN(pl.LightningModule):
         lr_d: float = 1e-3,
         betas: tuple[float, float] = (0.0, 0.99),
         grad_clip: float | None = None,
+        captioner_width: int = 64,
+        captioner_layers: int = 2,
+        captioner_channels: int = 8,
+        caption_weight: float = 1.0,
+        caption_label_smoothing: float = 0.0,
+        cycle_weight: float = 1.0,
+        caption_adversarial_weight: float = 0.0,
+        caption_temperature: float = 1.0,
+        lr_captioner: float = 1e-3,
+        captioner_betas: tuple[float, float] = (0.9, 0.99),
         ema_half_life_images: float = 10_000.0,
         ema_rampup: float | None = 0.05,
     ) -> None:
         super().__init__()
         check_resolution(resolution)
-        for name, value in (("lr_g", lr_g), ("lr_d", lr_d), ("contrastive_temperature", contrastive_temperature)):
+        positive = (
+            ("lr_g", lr_g),
+            ("lr_d", lr_d),
+            ("lr_captioner", lr_captioner),
+            ("contrastive_temperature", contrastive_temperature),
+            ("caption_temperature", caption_temperature),
+        )
+        for name, value in positive:
             if value <= 0:
                 raise ValueError(f"model.{name} must be positive, got {value}")
         for name, value in (("n_critic", n_critic), ("gp_interval", gp_interval), ("vocab_size", vocab_size)):
             if value < 1:
                 raise ValueError(f"model.{name} must be at least 1, got {value}")
+        if cycle_weight > 0 and caption_weight <= 0:
+            raise ValueError(
+                "model.cycle_weight > 0 needs model.caption_weight > 0: an untrained captioner cannot judge"
+            )
         self.save_hyperparameters()
         self.automatic_optimization = False
 
         self.text_encoder = TextEncoder(vocab_size, max_length, text_width, sentence_dim, text_layers)
         self.generator = Generator(resolution, noise_dim, sentence_dim, g_channels, max_channels)
         self.discriminator = Discriminator(resolution, sentence_dim, d_channels, max_channels, embed_dim)
-        # The sampling pipeline: EMA copies of generator and text encoder, never trained directly.
+        self.captioner = Captioner(
+            resolution,
+            vocab_size,
+            max_length,
+            width=captioner_width,
+            num_layers=captioner_layers,
+            base_channels=captioner_channels,
+            max_channels=max_channels,
+        )
+        # The sampling pipeline: EMA copies of generator, text encoder and captioner, never trained directly.
         self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
         self.text_encoder_ema = copy.deepcopy(self.text_encoder).requires_grad_(False)
+        self.captioner_ema = copy.deepcopy(self.captioner).requires_grad_(False)
         # Counters live in buffers so they travel in checkpoints (lazy-penalty phase, EMA ramp-up).
         self.register_buffer("d_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("g_steps", torch.zeros((), dtype=torch.long))
@@ -171,36 +250,48 @@ class M2GAN(pl.LightningModule):
         return model.eval()
 
     def configure_optimizers(self):
-        betas = tuple(self.hparams.betas)
-        opt_g = torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr_g, betas=betas)
+        hp = self.hparams
+        # Generator and captioner are the two generating players: they step together in g_step.
+        opt_g = torch.optim.Adam(
+            [
+                {"params": self.generator.parameters()},
+                {"params": self.captioner.parameters(), "lr": hp.lr_captioner, "betas": tuple(hp.captioner_betas)},
+            ],
+            lr=hp.lr_g,
+            betas=tuple(hp.betas),
+        )
         d_params = [*self.discriminator.parameters(), *self.text_encoder.parameters()]
-        opt_d = torch.optim.Adam(d_params, lr=self.hparams.lr_d, betas=betas)
+        opt_d = torch.optim.Adam(d_params, lr=hp.lr_d, betas=tuple(hp.betas))
         return opt_g, opt_d
 
     # ------------------------------------------------------------------ training
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
-        sentence, swapped_sentence = self.d_step(batch["image"], batch["tokens"], opt_d)
+        text = self.d_step(batch["image"], batch["tokens"], opt_d)
         if batch_idx % self.hparams.n_critic == 0:
-            self.g_step(sentence, swapped_sentence, opt_g)
-            self.update_ema(batch_size=sentence.shape[0])
+            self.g_step(batch["image"], text, opt_g)
+            self.update_ema(batch_size=batch["image"].shape[0])
 
-    def d_step(self, images: torch.Tensor, tokens: torch.Tensor, opt_d) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One discriminator (and text encoder) update.
-
-        Returns the batch's sentence vectors and those of its word-swapped captions (None when
-        ``swap_weight`` is 0), detached, for the generator step.
-        """
+    def d_step(self, images: torch.Tensor, tokens: torch.Tensor, opt_d) -> TextBatch:
+        """One discriminator (and text encoder) update; returns what the generator step needs."""
         hp = self.hparams
         batch_size = images.shape[0]
         lazy_penalty = hp.gradient_penalty != "none" and hp.gp_weight > 0 and int(self.d_steps) % hp.gp_interval == 0
         use_swaps = hp.swap_weight > 0
+        sampled_tokens = None
+        if hp.caption_adversarial_weight > 0:
+            with torch.no_grad():
+                sampled_tokens = self._sample_captions(self.captioner, images, temperature=1.0)
         with self.toggled_optimizer(opt_d):
+            texts = [tokens]
             if use_swaps:
-                tokens = torch.cat([tokens, swap_one_word(tokens, len(SPECIAL_TOKENS))])
-            _, sentences = self.text_encoder(tokens)  # (B or 2B, S)
-            sentence = sentences[:batch_size]
+                texts.append(swap_one_word(tokens, len(SPECIAL_TOKENS)))
+            if sampled_tokens is not None:
+                texts.append(sampled_tokens)
+            _, sentences = self.text_encoder(torch.cat(texts))  # (B * len(texts), S)
+            sentences = sentences.split(batch_size)
+            sentence = sentences[0]
             with torch.no_grad():
                 fake = self.generator(self.noise(batch_size), sentence.detach())  # (B, 3, H, W)
             if lazy_penalty:
@@ -211,7 +302,7 @@ class M2GAN(pl.LightningModule):
                 (embedding[batch_size:], unconditional[batch_size:]),
             )
             text_embedding = self.discriminator.embed_text(sentence)  # (B, E)
-            swapped_embedding = self.discriminator.embed_text(sentences[batch_size:]) if use_swaps else None
+            swapped_embedding = self.discriminator.embed_text(sentences[1]) if use_swaps else None
             real_logits = self.discriminator.score(real, text_embedding)
             fake_logits = self.discriminator.score(fake, text_embedding)
             # Each image paired with the previous sample's caption: the matching-aware negatives.
@@ -220,6 +311,9 @@ class M2GAN(pl.LightningModule):
             if use_swaps:
                 swapped_logits = self.discriminator.score(real, swapped_embedding)
                 negatives.append((swapped_logits, hp.swap_weight))
+            if sampled_tokens is not None:
+                sampled_logits = self.discriminator.score(real, self.discriminator.embed_text(sentences[-1]))
+                negatives.append((sampled_logits, hp.caption_adversarial_weight))
             loss = losses.d_adversarial(real_logits, negatives, hp.adversarial_loss)
             logs = {"train/d_adv": loss.detach()}
             if hp.contrastive_weight_d > 0:
@@ -244,16 +338,17 @@ class M2GAN(pl.LightningModule):
                 logs["train/swap_acc"] = (real_logits > swapped_logits).float().mean()
         self.log_dict(logs, prog_bar=False)
         self.log("d_loss", loss.detach(), prog_bar=True, logger=False)
-        swapped_sentence = sentences[batch_size:].detach() if use_swaps else None
-        return sentence.detach(), swapped_sentence
+        swapped_sentence = sentences[1].detach() if use_swaps else None
+        return TextBatch(tokens, sentence.detach(), swapped_sentence, sampled_tokens)
 
-    def g_step(self, sentence: torch.Tensor, swapped_sentence: torch.Tensor | None, opt_g) -> None:
-        """One generator update for the batch's (detached) sentence vectors.
+    def g_step(self, images: torch.Tensor, text: TextBatch, opt_g) -> None:
+        """One update of generator and captioner for a batch of real ``images`` and their ``text``.
 
-        ``swapped_sentence`` (or None) holds the word-swapped captions' vectors: hard negatives of
-        the generator's contrastive loss.
+        The generator draws the batch's captions (adversarial, contrastive and cycle losses); the
+        captioner describes the real images (cross-entropy and, if on, adversarial caption loss).
         """
         hp = self.hparams
+        sentence = text.sentence
         with self.toggled_optimizer(opt_g):
             fake = self.generator(self.noise(sentence.shape[0]), sentence)  # (B, 3, H, W)
             fake_features = self.discriminator.features(fake)
@@ -261,10 +356,32 @@ class M2GAN(pl.LightningModule):
             loss = losses.g_adversarial(self.discriminator.score(fake_features, text_embedding), hp.adversarial_loss)
             logs = {"train/g_adv": loss.detach()}
             if hp.contrastive_weight_g > 0:
-                hard = self.discriminator.embed_text(swapped_sentence) if swapped_sentence is not None else None
+                swapped = text.swapped_sentence
+                hard = self.discriminator.embed_text(swapped) if swapped is not None else None
                 contrastive = losses.contrastive(fake_features[0], text_embedding, hp.contrastive_temperature, hard)
                 loss = loss + hp.contrastive_weight_g * contrastive
                 logs["train/g_contrastive"] = contrastive.detach()
+            if hp.cycle_weight > 0:
+                with frozen(self.captioner):
+                    cycle = losses.caption_cross_entropy(self.captioner(fake, text.tokens), text.tokens, PAD_ID)
+                loss = loss + hp.cycle_weight * cycle
+                logs["train/cycle"] = cycle.detach()
+            if hp.caption_weight > 0:
+                logits = self.captioner(images, text.tokens)  # (B, L-1, V)
+                caption = losses.caption_cross_entropy(logits, text.tokens, PAD_ID, hp.caption_label_smoothing)
+                loss = loss + hp.caption_weight * caption
+                logs["train/caption"] = caption.detach()
+            if text.sampled_tokens is not None:
+                relaxed = decoding.straight_through(self.captioner, images, text.sampled_tokens, hp.caption_temperature)
+                _, sampled_sentence = self.text_encoder(relaxed)  # frozen here: trained by d_step
+                with torch.no_grad():
+                    real_features = self.discriminator.features(images)
+                sampled_logits = self.discriminator.score(
+                    real_features, self.discriminator.embed_text(sampled_sentence)
+                )
+                caption_adversarial = losses.g_adversarial(sampled_logits, hp.adversarial_loss)
+                loss = loss + hp.caption_adversarial_weight * caption_adversarial
+                logs["train/caption_adv"] = caption_adversarial.detach()
             self._optimizer_step(opt_g, loss)
         self.g_steps += 1
         logs["train/g_loss"] = loss.detach()
@@ -272,11 +389,12 @@ class M2GAN(pl.LightningModule):
         self.log("g_loss", loss.detach(), prog_bar=True, logger=False)
 
     def update_ema(self, batch_size: int) -> None:
-        """Move the EMA generator and text encoder towards the trained ones."""
+        """Move the EMA generator, text encoder and captioner towards the trained ones."""
         hp = self.hparams
         beta = ema_beta(batch_size, hp.ema_half_life_images, int(self.g_steps) * batch_size, hp.ema_rampup)
         update_ema(self.generator_ema, self.generator, beta)
         update_ema(self.text_encoder_ema, self.text_encoder, beta)
+        update_ema(self.captioner_ema, self.captioner, beta)
 
     def _optimizer_step(self, optimizer, loss: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -309,10 +427,12 @@ class M2GAN(pl.LightningModule):
         real_logits = self.discriminator.score(real, text_embedding)
         fake_logits = self.discriminator.score(self.discriminator.features(fake), text_embedding)
         mismatched_logits = self.discriminator.score(real, text_embedding.roll(1, 0))
+        caption_logits = self.captioner_ema(images, tokens)
         self.log_dict(
             {
                 f"{split}/match_acc": (real_logits > mismatched_logits).float().mean(),
                 f"{split}/real_vs_fake_acc": (real_logits > fake_logits).float().mean(),
+                f"{split}/caption_loss": losses.caption_cross_entropy(caption_logits, tokens, PAD_ID),
             },
             batch_size=images.shape[0],
         )
@@ -340,6 +460,48 @@ class M2GAN(pl.LightningModule):
         z = self.noise(sentence.shape[0], torch.Generator().manual_seed(seed))
         images = self.generator_ema(z, sentence)  # (N, 3, H, W) in [-1, 1]
         return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
+
+    @torch.inference_mode()
+    def caption(
+        self,
+        images: torch.Tensor | Sequence[ImageInput] | ImageInput,
+        num_beams: int = 1,
+        temperature: float = 0.0,
+        seed: int = 0,
+        length_penalty: float = 1.0,
+    ) -> list[str]:
+        """Describe images with the EMA captioner.
+
+        Args:
+            images: A tensor (N, 3, H, W) or (3, H, W), uint8 in [0, 255] or float in [-1, 1]
+                (resized to the model's resolution), or image files / PIL images (converted to RGB,
+                shorter side resized, centre-cropped).
+            num_beams: 1 decodes greedily (or samples, see ``temperature``); more runs beam search.
+            temperature: With ``num_beams=1``, a positive value samples tokens at this temperature.
+            seed: Seed of the sampling (``temperature > 0``).
+            length_penalty: Beam search ranks captions by log-probability / length ** this.
+
+        Returns:
+            One caption per image.
+        """
+        if self.tokenizer is None:
+            raise RuntimeError("this model has no tokenizer: load it from a checkpoint or call set_tokenizer()")
+        if num_beams > 1 and temperature > 0:
+            raise ValueError("choose beam search (num_beams > 1) or sampling (temperature > 0), not both")
+        pixels = prepare_images(images, self.hparams.resolution).to(self.device)
+        if num_beams > 1:
+            tokens = decoding.beam_search(
+                self.captioner_ema, pixels, BOS_ID, EOS_ID, PAD_ID, num_beams=num_beams, length_penalty=length_penalty
+            )
+        else:
+            generator = torch.Generator(self.device).manual_seed(seed)
+            tokens = self._sample_captions(self.captioner_ema, pixels, temperature, generator)
+        return [self.tokenizer.decode(row) for row in tokens.cpu()]
+
+    def _sample_captions(
+        self, captioner: Captioner, images: torch.Tensor, temperature: float, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        return decoding.sample(captioner, images, BOS_ID, EOS_ID, PAD_ID, temperature=temperature, generator=generator)
 
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         """Validate prompts and turn them into token ids (B, max_length); warn once about unknown words."""

@@ -17,6 +17,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(len(SPECIAL_TOKENS))
 
 
 class CaptionTokenizer:
@@ -35,7 +36,7 @@ class CaptionTokenizer:
                 raise ValueError(f"tokenizer vocabulary must hold {token} at id {expected_id}")
         self._tokenizer = tokenizer
         self.max_length = max_length
-        self.pad_id, self.unk_id, self.bos_id, self.eos_id = range(4)
+        self.pad_id, self.unk_id, self.bos_id, self.eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
         self._warned_truncation = False
 
     @classmethod
@@ -70,6 +71,14 @@ class CaptionTokenizer:
         """Words of ``caption`` that are not in the vocabulary."""
         encoding = self._tokenizer.encode(caption)
         return [w for w, i in zip(self._normalised_words(caption), encoding.ids) if i == self.unk_id]
+
+    def normalize(self, caption: str) -> str:
+        """``caption`` as the tokenizer reads it: lower-cased words and punctuation, single spaces.
+
+        :meth:`decode` returns this form, so reference captions normalised here compare with
+        decoded captions word for word (e.g. in BLEU).
+        """
+        return " ".join(self._normalised_words(caption))
 
     def _normalised_words(self, caption: str) -> list[str]:
         normalised = self._tokenizer.normalizer.normalize_str(caption)

@@ -9,8 +9,9 @@ from m2gan.data import ShapesDataModule
 from m2gan.model import M2GAN
 
 TINY_MODEL = dict(
-    noise_dim=8, text_width=16, sentence_dim=16, g_channels=8, d_channels=8, max_channels=16, embed_dim=16
-)
+    noise_dim=8, text_width=16, sentence_dim=16, g_channels=8, d_channels=8, max_channels=16, embed_dim=16,
+    captioner_width=16, captioner_layers=1, captioner_channels=4,
+)  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

@@ -1,12 +1,17 @@
-"""Callbacks: the final checkpoint is never stale; sample grids are written with their prompts."""
+"""Callbacks: the final checkpoint is never stale; sample grids carry their prompts; caption BLEU counts right."""
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
+import pytest
 import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from callbacks import FinalCheckpoint, SampleGrid
+from callbacks import CaptionBLEU, FinalCheckpoint, SampleGrid
+from m2gan.metrics import corpus_bleu
 from m2gan.model import M2GAN
 
 
@@ -37,3 +42,82 @@ def test_sample_grid_writes_pngs_with_one_row_per_prompt(tmp_path, datamodule, t
     assert [p.name for p in pngs] == ["step_0000002.png", "step_0000004.png"]
     width, height = Image.open(pngs[-1]).size
     assert height > 2 * 32 * grid.scale and width >= 3 * 32 * grid.scale
+
+
+class _CaptioningModel:
+    """Stands in for M2GAN: an image's caption is looked up from its pixel value; generate draws a prompt's id."""
+
+    def __init__(self, captions: dict[int, str]) -> None:
+        self.captions, self.prompts, self.logged = captions, [], {}
+        self.tokenizer = SimpleNamespace(normalize=lambda caption: " ".join(caption.lower().split()))
+
+    def caption(self, images, num_beams=1):
+        values = [int(v) for v in images[:, 0, 0, 0].tolist()]
+        return [self.prompts[v - 1000] if v >= 1000 else self.captions[v] for v in values]
+
+    def generate(self, prompts, num_images=1, seed=0):
+        ids = []
+        for prompt in prompts:
+            if prompt not in self.prompts:
+                self.prompts.append(prompt)
+            ids.append(1000 + self.prompts.index(prompt))
+        return torch.tensor(ids, dtype=torch.float).view(-1, 1, 1, 1).expand(-1, 3, 8, 8)
+
+    def log(self, name, value, **kwargs):
+        self.logged[name] = value
+
+
+def _batch(values, indices, captions, references):
+    images = torch.tensor(values, dtype=torch.float).view(-1, 1, 1, 1).expand(-1, 3, 8, 8)
+    return {"image": images, "caption": captions, "index": torch.tensor(indices), "references": references}
+
+
+def test_caption_bleu_counts_each_validation_image_once(tmp_path):
+    refs = {
+        0: ["a red circle on the left", "a red disc at the left"],
+        1: ["a big blue square at the top"],
+        2: ["a green cross in the centre", "there is a green cross in the middle"],
+    }
+    model = _CaptioningModel({0: "a red circle at the left", 1: "a big blue square at the top", 2: "a green cross"})
+    trainer = SimpleNamespace(
+        sanity_checking=False, world_size=1, is_global_zero=True, global_step=10, loggers=[], logger=None,
+        default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    callback = CaptionBLEU(prompts=["a red circle"], num_table_images=2)
+    callback.on_validation_epoch_start(trainer, model)
+    # The second batch repeats image 0, as a distributed sampler pads the last batch.
+    for batch_idx, indices in enumerate([[0, 1], [2, 0]]):
+        batch = _batch(indices, indices, [refs[i][0] for i in indices], [refs[i] for i in indices])
+        callback.on_validation_batch_end(trainer, model, None, batch, batch_idx)
+    callback.on_validation_epoch_end(trainer, model)
+
+    expected = corpus_bleu([model.captions[i] for i in range(3)], [refs[i] for i in range(3)])
+    for n in range(1, 5):
+        assert model.logged[f"val/bleu{n}"] == pytest.approx(expected[f"bleu{n}"], abs=1e-7)
+    # The stand-in generator draws exactly the caption it is given: its cycle BLEU is the references' own.
+    assert model.logged["val/cycle_bleu4"] == pytest.approx(1.0)
+    (table,) = (tmp_path / "captions").glob("step_0000010.jsonl")
+    rows = [json.loads(line) for line in table.read_text().splitlines()]
+    assert [r.get("index") for r in rows[:2]] == [0, 1] and rows[2] == {
+        "prompt": "a red circle",
+        "caption": "a red circle",
+    }
+
+
+def test_caption_bleu_runs_every_n_validations(tmp_path):
+    model = _CaptioningModel({0: "a red circle"})
+    trainer = SimpleNamespace(
+        sanity_checking=False, world_size=1, is_global_zero=True, global_step=0, loggers=[], logger=None,
+        default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    callback = CaptionBLEU(every_n_validations=2, cycle=False)
+    counts = []
+    for _ in range(4):
+        model.logged = {}
+        callback.on_validation_epoch_start(trainer, model)
+        callback.on_validation_batch_end(
+            trainer, model, None, _batch([0], [0], ["a red circle"], [["a red circle"]]), 0
+        )
+        callback.on_validation_epoch_end(trainer, model)
+        counts.append(len(model.logged))
+    assert counts == [4, 0, 4, 0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 
 from m2gan.data import ShapesDataModule
 from m2gan.model import M2GAN
@@ -57,7 +58,8 @@ def test_training_updates_networks_text_encoder_and_ema(datamodule, tiny_model):
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     _fit(tiny_model, datamodule, batches=4)
     after = tiny_model.state_dict()
-    for prefix in ("generator.", "discriminator.", "text_encoder.", "generator_ema.", "text_encoder_ema."):
+    prefixes = ("generator.", "discriminator.", "text_encoder.", "captioner.")
+    for prefix in prefixes + tuple(p.replace(".", "_ema.") for p in prefixes if p != "discriminator."):
         changed = [k for k in after if k.startswith(prefix) and not torch.equal(before[k], after[k])]
         assert changed, f"no parameter of {prefix} changed"
     assert int(tiny_model.d_steps) == 4 and int(tiny_model.g_steps) == 4
@@ -95,7 +97,12 @@ def test_wrong_tokenizer_is_refused(tiny_model):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"resolution": 48}, "power of two"), ({"lr_g": -1.0}, "lr_g"), ({"n_critic": 0}, "n_critic")],
+    [
+        ({"resolution": 48}, "power of two"),
+        ({"lr_g": -1.0}, "lr_g"),
+        ({"n_critic": 0}, "n_critic"),
+        ({"caption_weight": 0.0, "cycle_weight": 1.0}, "untrained captioner"),
+    ],
 )
 def test_bad_hyper_parameters_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -116,3 +123,73 @@ def test_checkpoint_from_other_data_is_refused(tiny_model):
         tiny_model.on_load_checkpoint({TOKENIZER_KEY: other.to_json()})
     with pytest.raises(ValueError, match="not written by M2GAN"):
         tiny_model.on_load_checkpoint({})
+
+
+def test_cycle_loss_trains_the_generator_through_a_frozen_captioner(tiny_model, datamodule):
+    from m2gan import losses
+    from m2gan.model import frozen
+    from m2gan.tokenizer import PAD_ID
+
+    tokens = datamodule.tokenizer.encode(["a red circle at the left", "a big blue square at the top"])
+    _, sentence = tiny_model.text_encoder(tokens)
+    fake = tiny_model.generator(tiny_model.noise(2), sentence.detach())
+    with frozen(tiny_model.captioner):
+        cycle = losses.caption_cross_entropy(tiny_model.captioner(fake, tokens), tokens, PAD_ID)
+    cycle.backward()
+    grads = [p.grad for p in tiny_model.generator.parameters()]
+    assert all(g is not None for g in grads)
+    # Most parameters move (the zero-initialised modulation heads block the gradient of the layer before).
+    assert sum(bool(g.abs().sum() > 0) for g in grads) > 0.6 * len(grads)
+    assert all(p.grad is None for p in tiny_model.captioner.parameters())
+    assert all(p.requires_grad for p in tiny_model.captioner.parameters())  # unfrozen afterwards
+
+
+def test_adversarial_caption_loss_trains_the_captioner(datamodule):
+    model = M2GAN(
+        vocab_size=datamodule.vocab_size,
+        max_length=datamodule.max_length,
+        caption_weight=0.0,
+        cycle_weight=0.0,
+        caption_adversarial_weight=1.0,
+        **TINY_MODEL,
+    )
+    before = model.captioner.to_logits.weight.clone()
+    _fit(model, datamodule, batches=2)
+    assert not torch.equal(before, model.captioner.to_logits.weight)  # only the adversarial term can move it
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_caption_returns_one_string_per_image(tiny_model, datamodule):
+    images = torch.stack([datamodule.datasets["val"][i]["image"] for i in range(3)])
+    greedy = tiny_model.caption(images)
+    assert len(greedy) == 3 and all(isinstance(c, str) for c in greedy)
+    as_uint8 = ((images + 1) * 127.5).round().to(torch.uint8)
+    assert tiny_model.caption(as_uint8, num_beams=1) == tiny_model.caption(images, num_beams=1)
+    assert len(tiny_model.caption(images[0], num_beams=3)) == 1
+    assert tiny_model.caption(images, temperature=2.0, seed=1) == tiny_model.caption(images, temperature=2.0, seed=1)
+
+
+def test_caption_reads_image_files(tiny_model, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (90, 60), "red").save(tmp_path / "wide.png")
+    Image.new("L", (40, 40), 128).save(tmp_path / "grey.jpg")
+    assert len(tiny_model.caption([tmp_path / "wide.png", str(tmp_path / "grey.jpg")])) == 2
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda d: (d / "notes.png").write_text("not an image") and d / "notes.png",
+            r"notes\.png: not a readable image",
+        ),
+        (lambda d: Image.new("RGB", (4, 30)).save(d / "tiny.png") or d / "tiny.png", r"tiny\.png: image is 4x30"),
+        (lambda d: d / "absent.png", r"absent\.png: no such file"),
+        (lambda d: torch.zeros(2, 1, 32, 32), "must be RGB"),
+        (lambda d: torch.zeros(2, 4, 32, 32, dtype=torch.uint8), "must be RGB"),
+    ],
+)
+def test_bad_images_to_caption_are_clear_errors(tiny_model, tmp_path, make, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model.caption(make(tmp_path))

@@ -25,6 +25,9 @@ TINY = [
     "--model.text_width=16",
     "--model.sentence_dim=16",
     "--model.embed_dim=16",
+    "--model.captioner_width=16",
+    "--model.captioner_layers=1",
+    "--model.captioner_channels=4",
     "--trainer.val_check_interval=2",
     "--trainer.limit_val_batches=1",
 ]
@@ -58,11 +61,14 @@ def test_fit_writes_a_checkpoint_that_samples_and_a_second_run_works(tmp_path):
     model = M2GAN.load(last)
     images = model.generate(["a red circle at the left"], num_images=4, seed=0)
     assert images.shape == (4, 3, 32, 32) and images.dtype == torch.uint8
+    captions = model.caption(images, num_beams=2)
+    assert len(captions) == 4 and all(isinstance(c, str) for c in captions)
+    assert list((run_folder / "captions").glob("step_*.jsonl")), "no caption table written"
     assert int(model.g_steps) == 4  # 32 images / batch 8: the whole epoch is in last.ckpt
 
     tested = run_train(["test", *TINY, f"--ckpt_path={last}"], tmp_path)
     assert tested.returncode == 0, tested.stderr[-3000:]
-    assert "test/match_acc" in tested.stdout
+    assert "test/match_acc" in tested.stdout and "test/caption_loss" in tested.stdout
 
     second = run_train(["fit", *TINY, "--trainer.max_steps=2"], tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]

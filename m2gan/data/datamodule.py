@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
@@ -14,7 +16,9 @@ class ShapesDataModule(pl.LightningDataModule):
     """Serves tokenised batches of the procedural shapes dataset.
 
     Each batch is a dict: ``image`` (B, 3, H, W) float in [-1, 1], ``tokens`` (B, max_length) long,
-    ``caption`` list of B strings. The tokenizer is fitted on training captions when the module is
+    ``caption`` list of B strings, ``index`` (B,) long (the samples' dataset indices). Validation and
+    test batches also hold ``references``: for each image, ``num_references`` captions (the first is
+    ``caption``), for caption metrics such as BLEU. The tokenizer is fitted on training captions when the module is
     built, so its vocabulary size is known before the model is (LightningCLI links it).
 
     Args:
@@ -26,6 +30,7 @@ class ShapesDataModule(pl.LightningDataModule):
         two_object_prob: Probability that a scene holds two objects.
         max_length: Tokens per caption, ``[BOS]``/``[EOS]`` included; longer captions are truncated.
         tokenizer_fit_size: Training captions read to build the vocabulary.
+        num_references: Reference captions per validation/test image (COCO has 5).
         num_workers: Data-loader worker processes (0 renders in the training process).
         seed: Dataset seed; the same seed gives the same images and captions.
     """
@@ -40,12 +45,15 @@ class ShapesDataModule(pl.LightningDataModule):
         two_object_prob: float = 0.25,
         max_length: int = 24,
         tokenizer_fit_size: int = 2_000,
+        num_references: int = 5,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be positive, got {batch_size}")
+        if num_references < 1:
+            raise ValueError(f"data.num_references must be at least 1, got {num_references}")
         if num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
@@ -67,14 +75,19 @@ class ShapesDataModule(pl.LightningDataModule):
         """Tokens per encoded caption."""
         return self.tokenizer.max_length
 
-    def collate(self, samples: list[dict]) -> dict:
-        """Stack images and tokenise captions into one batch."""
+    def collate(self, samples: list[dict], split: str = "train") -> dict:
+        """Stack images and tokenise captions into one batch of ``split``."""
         captions = [s["caption"] for s in samples]
-        return {
+        batch = {
             "image": torch.stack([s["image"] for s in samples]),
             "tokens": self.tokenizer.encode(captions),
             "caption": captions,
+            "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
         }
+        if split != "train":
+            dataset = self.datasets[split]
+            batch["references"] = [dataset.references(s["index"], self.hparams.num_references) for s in samples]
+        return batch
 
     def _loader(self, split: str, shuffle: bool, drop_last: bool) -> DataLoader:
         return DataLoader(
@@ -83,7 +96,7 @@ class ShapesDataModule(pl.LightningDataModule):
             shuffle=shuffle,
             drop_last=drop_last,
             num_workers=self.hparams.num_workers,
-            collate_fn=self.collate,
+            collate_fn=functools.partial(self.collate, split=split),
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.hparams.num_workers > 0,
         )

@@ -179,6 +179,23 @@ def describe(scene: Scene, rng: np.random.Generator) -> str:
     )
 
 
+def named_attributes(caption: str) -> dict[str, list[int]]:
+    """Shapes and colours a caption names, in order of mention, as indices into :data:`SHAPES` / :data:`COLOURS`.
+
+    Reads any of the synonyms the captions are written with ("disc", "plus sign", "violet", …).
+    """
+    text = f" {' '.join(caption.lower().split())} "
+    found: dict[str, list[tuple[int, int]]] = {"shape": [], "colour": []}
+    for attribute, names in (("shape", SHAPES), ("colour", COLOURS)):
+        for value, name in enumerate(names):
+            for word in set(_SYNONYMS[name]):
+                start = text.find(f" {word} ")
+                while start >= 0:
+                    found[attribute].append((start, value))
+                    start = text.find(f" {word} ", start + 1)
+    return {attribute: [value for _, value in sorted(hits)] for attribute, hits in found.items()}
+
+
 def _coverage(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Boolean mask of a unit-radius shape at sub-pixel offsets (u right, v down)."""
     if shape == "circle":
@@ -228,7 +245,7 @@ def render(scene: Scene, resolution: int, rng: np.random.Generator) -> np.ndarra
 class ShapesDataset(Dataset):
     """Procedural image-caption pairs of coloured shapes.
 
-    Each item is ``{"image": (3, H, W) float in [-1, 1], "caption": str}``. The same
+    Each item is ``{"image": (3, H, W) float in [-1, 1], "caption": str, "index": int}``. The same
     ``(seed, split, index)`` always gives the same image and caption; splits draw from
     independent random streams, so they never share a sample.
 
@@ -293,5 +310,6 @@ class ShapesDataset(Dataset):
         return torch.from_numpy(pixels) * 2 - 1
 
     def __getitem__(self, index: int) -> dict:
+        index = self._check(index)
         scene = self.scene(index)
-        return {"image": self._image(scene, index), "caption": self._caption(scene, index)}
+        return {"image": self._image(scene, index), "caption": self._caption(scene, index), "index": index}

@@ -48,7 +48,12 @@ class TextEncoder(nn.Module):
         self.to_sentence = nn.Linear(width, sentence_dim)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode token ids (B, L).
+        """Encode token ids (B, L) long, or token distributions (B, L, vocab) float.
+
+        A distribution row embeds as the probability-weighted mean of word embeddings, so one-hot
+        rows give exactly the embedding of their token; this soft path lets a loss on the text
+        encoder's output reach a captioner's relaxed (e.g. straight-through) token choices. A
+        position whose most likely token is ``[PAD]`` counts as padding.
 
         Returns:
             words: (B, L, width) per-token features (padding positions are not meaningful).
@@ -58,8 +63,13 @@ class TextEncoder(nn.Module):
             raise ValueError(
                 f"token sequence of length {tokens.shape[1]} exceeds max_length {self.position_embedding.shape[0]}"
             )
-        padding = tokens == self.pad_id  # (B, L), True where ignored
-        x = self.token_embedding(tokens) + self.position_embedding[: tokens.shape[1]]  # (B, L, W)
+        if tokens.is_floating_point():
+            padding = tokens.argmax(-1) == self.pad_id  # (B, L), True where ignored
+            embedded = tokens.to(self.token_embedding.weight.dtype) @ self.token_embedding.weight  # (B, L, W)
+        else:
+            padding = tokens == self.pad_id
+            embedded = self.token_embedding(tokens)
+        x = embedded + self.position_embedding[: tokens.shape[1]]  # (B, L, W)
         words = self.norm(self.transformer(x, src_key_padding_mask=padding))
         keep = (~padding).unsqueeze(-1).to(words.dtype)  # (B, L, 1)
         pooled = (words * keep).sum(1) / keep.sum(1).clamp_min(1.0)  # (B, W)

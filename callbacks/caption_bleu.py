@@ -1,0 +1,156 @@
+"""Caption BLEU on validation images, a caption table, and the cycle check of the generator."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import WandbLogger
+
+from m2gan.loggers import run_dir
+from m2gan.metrics import corpus_bleu
+
+
+class CaptionBLEU(pl.Callback):
+    """Caption real validation images with the EMA captioner and score them with corpus BLEU.
+
+    At every ``every_n_validations``-th validation run, each validation image is captioned (through
+    the model's public :meth:`caption`) and compared with *all* its reference captions (the
+    batch's ``references``; a batch without them falls back to its ``caption``). Logged:
+
+    * ``val/bleu1`` … ``val/bleu4`` — conventions in :mod:`m2gan.metrics` (normalised words,
+      no smoothing, closest reference length with ties to the shorter);
+    * ``val/cycle_bleu4`` (if ``cycle``) — the generator draws each validation caption, the
+      captioner describes the drawing, and that description is scored against the same references:
+      high only if the generator draws what the text says and the captioner reads it back;
+    * a table of the first ``num_table_images`` validation images (image, caption, references)
+      and, for the fixed ``prompts``, (prompt, generated image, its caption) — to W&B and as
+      ``<run folder>/captions/step_XXXXXXX.jsonl``.
+
+    Under DDP each rank captions its share; the results are gathered and de-duplicated by dataset
+    index (the distributed sampler repeats samples to even out ranks), so every validation image
+    counts exactly once. Batches must then carry ``index``.
+
+    Args:
+        every_n_validations: Run at every n-th validation (1 = every one).
+        num_beams: Beam width of the captions (1 = greedy).
+        cycle: Also compute ``val/cycle_bleu4``.
+        prompts: Fixed prompts whose generated images are captioned into the table.
+        num_table_images: Validation images shown in the table.
+        seed: Noise seed of the generated images.
+    """
+
+    def __init__(
+        self,
+        every_n_validations: int = 1,
+        num_beams: int = 1,
+        cycle: bool = True,
+        prompts: list[str] | None = None,
+        num_table_images: int = 16,
+        seed: int = 0,
+    ) -> None:
+        if every_n_validations < 1:
+            raise ValueError(f"every_n_validations must be positive, got {every_n_validations}")
+        self.every_n_validations, self.num_beams, self.cycle = every_n_validations, num_beams, cycle
+        self.prompts, self.num_table_images, self.seed = list(prompts or []), num_table_images, seed
+        self._validations = 0
+        self._active = False
+        self._rows: dict[int, dict] = {}
+        self._table: list[dict] = []
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._active = not trainer.sanity_checking and self._validations % self.every_n_validations == 0
+        if not trainer.sanity_checking:
+            self._validations += 1
+        self._rows, self._table = {}, []
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int, dataloader_idx=0
+    ) -> None:
+        if not self._active:
+            return
+        images, captions = batch["image"], list(batch["caption"])
+        references = batch.get("references") or [[caption] for caption in captions]
+        indices = batch["index"].tolist() if "index" in batch else [None] * len(captions)
+        if None in indices and trainer.world_size > 1:
+            raise ValueError("CaptionBLEU under DDP needs batches with an 'index' entry to count each image once")
+        hypotheses = pl_module.caption(images, num_beams=self.num_beams)
+        cycled = [None] * len(captions)
+        if self.cycle:
+            drawn = pl_module.generate(captions, seed=self.seed + batch_idx)
+            cycled = pl_module.caption(drawn, num_beams=self.num_beams)
+        normalise = pl_module.tokenizer.normalize
+        for i, (index, hypothesis, cycle) in enumerate(zip(indices, hypotheses, cycled)):
+            key = index if index is not None else (batch_idx, i)
+            refs = [normalise(r) for r in references[i]]
+            self._rows[key] = {"caption": hypothesis, "cycle": cycle, "references": refs}
+            if trainer.is_global_zero and len(self._table) < self.num_table_images:
+                image = ((images[i].float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+                self._table.append({"index": index, "image": image, "caption": hypothesis, "references": refs})
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._active:
+            return
+        rows = self._rows
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = {key: row for part in gathered for key, row in part.items()}
+        if not rows:
+            return
+        ordered = [rows[key] for key in sorted(rows, key=str)]
+        references = [row["references"] for row in ordered]
+        scores = corpus_bleu([row["caption"] for row in ordered], references)
+        metrics = {f"val/{name}": value for name, value in scores.items()}
+        if self.cycle:
+            metrics["val/cycle_bleu4"] = corpus_bleu([row["cycle"] for row in ordered], references)["bleu4"]
+        # Every rank holds the same gathered values, so no further reduction is needed.
+        for name, value in metrics.items():
+            pl_module.log(name, value, sync_dist=False)
+        if trainer.is_global_zero:
+            self._write_table(trainer, pl_module)
+
+    def _write_table(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = trainer.global_step
+        prompt_rows = []
+        if self.prompts:
+            drawn = pl_module.generate(self.prompts, seed=self.seed)
+            for prompt, image, caption in zip(self.prompts, drawn, pl_module.caption(drawn, num_beams=self.num_beams)):
+                prompt_rows.append({"prompt": prompt, "image": image, "caption": caption})
+        try:
+            folder = os.path.join(run_dir(trainer), "captions")
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, f"step_{step:07d}.jsonl"), "w") as file:
+                for row in self._table:
+                    file.write(json.dumps({k: v for k, v in row.items() if k != "image"}) + "\n")
+                for row in prompt_rows:
+                    file.write(json.dumps({k: v for k, v in row.items() if k != "image"}) + "\n")
+        except OSError as error:
+            warnings.warn(f"could not write the caption table at step {step}: {error}", stacklevel=1)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                try:
+                    self._log_wandb(logger, prompt_rows)
+                except Exception as error:  # noqa: BLE001 - a logging failure must not stop training
+                    warnings.warn(f"could not log the caption tables to W&B: {error}", stacklevel=1)
+
+    def _log_wandb(self, logger: WandbLogger, prompt_rows: list[dict]) -> None:
+        import wandb
+
+        def picture(image: torch.Tensor) -> wandb.Image:
+            return wandb.Image(image.permute(1, 2, 0).numpy())
+
+        logger.log_table(
+            key="captions",
+            columns=["image", "caption", "references"],
+            data=[[picture(r["image"]), r["caption"], " | ".join(r["references"])] for r in self._table],
+        )
+        if prompt_rows:
+            logger.log_table(
+                key="cycle",
+                columns=["prompt", "generated image", "caption of the image"],
+                data=[[r["prompt"], picture(r["image"]), r["caption"]] for r in prompt_rows],
+            )
