@@ -1,4 +1,11 @@
 """M2GAN: multimodal (text <-> image) GAN training on PyTorch Lightning.
 
-Sampling: ``from m2gan.model import M2GAN; M2GAN.load(path).generate([...])``.
+Sampling: ``import m2gan; model = m2gan.load(path); model.generate([...]); model.caption(images)``.
 """
+
+
+def load(path, map_location="cpu"):  # noqa: ANN001, ANN201 - typed in m2gan.export.load
+    """Load a training checkpoint (``.ckpt``) or an export folder for sampling; see :func:`m2gan.export.load`."""
+    from m2gan.export import load as load_model  # deferred: importing m2gan stays light
+
+    return load_model(path, map_location)

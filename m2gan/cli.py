@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import warnings
 
@@ -96,7 +97,7 @@ def main(default_config: str, args: list[str] | None = None) -> M2GANCLI | None:
         print(USAGE)
         return None
     from m2gan.data import ShapesDataModule
-    from m2gan.model import M2GAN
+    from m2gan.model import M2GAN, CheckpointMismatch
 
     defaults = {"default_config_files": [default_config]}
     try:
@@ -109,4 +110,21 @@ def main(default_config: str, args: list[str] | None = None) -> M2GANCLI | None:
         )
     except FileNotFoundError as error:  # e.g. --ckpt_path to a file that is not there
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except pickle.UnpicklingError as error:  # weights_only loading met objects it will not rebuild
+        first_line = str(error).splitlines()[0]
+        print(f"error: refused to load the checkpoint: it needs arbitrary unpickling ({first_line})", file=sys.stderr)
+        sys.exit(1)
+    except CheckpointMismatch as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except RuntimeError as error:
+        if "Error(s) in loading state_dict" not in str(error):
+            raise
+        first_line = str(error).splitlines()[0]
+        print(
+            "error: the checkpoint does not fit the configured model; it was trained with another config: pass "
+            f"that run's config.yaml with --config ({first_line})",
+            file=sys.stderr,
+        )
         sys.exit(1)

@@ -41,6 +41,10 @@ from m2gan.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, CaptionToken
 TOKENIZER_KEY = "m2gan_tokenizer"
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint that does not belong to this model or data configuration."""
+
+
 class TextBatch(NamedTuple):
     """What the discriminator step hands the generator step about a batch's captions."""
 
@@ -205,6 +209,8 @@ class M2GAN(pl.LightningModule):
         self.register_buffer("d_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("g_steps", torch.zeros((), dtype=torch.long))
         self.tokenizer: CaptionTokenizer | None = None
+        # True when loaded from an export, which holds only the EMA networks.
+        self.ema_only = False
 
     # ------------------------------------------------------------------ setup and checkpoints
 
@@ -229,25 +235,31 @@ class M2GAN(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if TOKENIZER_KEY not in checkpoint:
-            raise ValueError("checkpoint holds no tokenizer: it was not written by M2GAN")
-        saved = CaptionTokenizer.from_json(checkpoint[TOKENIZER_KEY])
+            raise CheckpointMismatch("checkpoint holds no tokenizer: it was not written by M2GAN")
+        try:
+            saved = CaptionTokenizer.from_json(checkpoint[TOKENIZER_KEY])
+        except Exception as error:  # noqa: BLE001 - json and tokenizers raise their own types
+            raise CheckpointMismatch(f"the checkpoint's tokenizer is unreadable: {error}") from None
         if self.tokenizer is not None and saved != self.tokenizer:
-            raise ValueError(
+            raise CheckpointMismatch(
                 "the checkpoint's tokenizer differs from the data module's: it was trained on other data or "
                 "another data config (max_length, vocabulary); resume it with the config it was trained with"
             )
-        self.set_tokenizer(saved)
+        try:
+            self.set_tokenizer(saved)
+        except ValueError as error:
+            raise CheckpointMismatch(f"{error}: the checkpoint was trained with another config") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> M2GAN:
-        """Load a checkpoint written by training, ready for :meth:`generate` (eval mode).
+        """Load a training checkpoint or an export folder, ready for :meth:`generate` (eval mode).
 
-        Only tensors and plain containers are unpickled (``weights_only=True``).
+        Same as :func:`m2gan.load`: checkpoints are unpickled with ``weights_only=True`` only, and
+        bad files raise one clear error (see :func:`m2gan.export.load`).
         """
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        model = cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
-        return model.eval()
+        from m2gan.export import load  # the export module builds on this class
+
+        return load(path, map_location)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -403,9 +415,19 @@ class M2GAN(pl.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         optimizer.step()
 
-    def noise(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Standard normal noise (B, noise_dim) on the model's device."""
-        z = torch.randn(batch_size, self.hparams.noise_dim, generator=generator)
+    def noise(
+        self, batch_size: int, generator: torch.Generator | None = None, truncation: float | None = None
+    ) -> torch.Tensor:
+        """Standard normal noise (B, noise_dim) on the model's device, truncated to ``±truncation`` if given."""
+        if truncation is None:
+            z = torch.randn(batch_size, self.hparams.noise_dim, generator=generator)
+        else:
+            if truncation <= 0:
+                raise ValueError(f"truncation must be positive, got {truncation}")
+            # Inverse-CDF sampling of the truncated normal: exact, one draw, reproducible with a seed.
+            edge = torch.special.ndtr(torch.tensor(-float(truncation), dtype=torch.float64))
+            u = torch.rand(batch_size, self.hparams.noise_dim, generator=generator, dtype=torch.float64)
+            z = torch.special.ndtri(edge + u * (1 - 2 * edge)).float()
         return z.to(self.device)
 
     # ------------------------------------------------------------------ validation
@@ -440,13 +462,26 @@ class M2GAN(pl.LightningModule):
     # ------------------------------------------------------------------ sampling
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], num_images: int = 1, seed: int = 0) -> torch.Tensor:
-        """Draw images for text prompts with the EMA generator.
+    def generate(
+        self,
+        prompts: Sequence[str],
+        num_images: int = 1,
+        seed: int = 0,
+        truncation: float | None = None,
+        ema: bool = True,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """Draw images for text prompts.
 
         Args:
             prompts: Captions to draw; none may be empty.
             num_images: Images per prompt.
-            seed: Noise seed; the same seed gives the same images on the same device.
+            seed: Noise seed. All noise of a call is drawn at once on the CPU, so the same seed
+                gives the same images for any ``batch_size`` (on the same device).
+            truncation: Truncation trick (BigGAN, DF-GAN): noise drawn from a normal truncated to
+                ``[-truncation, truncation]`` — lower values trade variety for fidelity; None = off.
+            ema: Use the EMA generator and text encoder (the default); False uses the trained ones.
+            batch_size: Images per forward pass; None = all at once.
 
         Returns:
             uint8 tensor (len(prompts) * num_images, 3, H, W) on the CPU, the images of prompt ``i``
@@ -455,11 +490,39 @@ class M2GAN(pl.LightningModule):
         tokens = self.encode_prompts(prompts)
         if num_images < 1:
             raise ValueError(f"num_images must be at least 1, got {num_images}")
-        _, sentence = self.text_encoder_ema(tokens.to(self.device))
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not ema:
+            self._require_trained_weights()
+        text_encoder = self.text_encoder_ema if ema else self.text_encoder
+        _, sentence = text_encoder(tokens.to(self.device))
         sentence = sentence.repeat_interleave(num_images, dim=0)  # (N, S)
-        z = self.noise(sentence.shape[0], torch.Generator().manual_seed(seed))
-        images = self.generator_ema(z, sentence)  # (N, 3, H, W) in [-1, 1]
+        z = self.noise(sentence.shape[0], torch.Generator().manual_seed(seed), truncation)
+        return self._draw(self.generator_ema if ema else self.generator, z, sentence, batch_size)
+
+    @staticmethod
+    def _draw(
+        generator: torch.nn.Module, z: torch.Tensor, sentence: torch.Tensor, batch_size: int | None
+    ) -> torch.Tensor:
+        """uint8 CPU images (N, 3, H, W) for noise (N, noise_dim) and sentence vectors (N, S)."""
+        step = batch_size or z.shape[0]
+        images = torch.cat([generator(z[i : i + step], sentence[i : i + step]) for i in range(0, z.shape[0], step)])
         return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
+
+    @torch.inference_mode()
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Draw one image per row of a prediction batch (``prompt``, and ``seed`` of the row's noise).
+
+        Used by ``python train.py predict``: each row's noise comes from its own seed, so an image
+        does not depend on the batch it was drawn in. Returns the batch with ``images`` (uint8) added.
+        """
+        _, sentence = self.text_encoder_ema(self.encode_prompts(batch["prompt"]).to(self.device))
+        z = torch.cat([self.noise(1, torch.Generator().manual_seed(int(seed))) for seed in batch["seed"]])
+        return {**batch, "images": self._draw(self.generator_ema, z, sentence, batch_size=None)}
+
+    def _require_trained_weights(self) -> None:
+        if self.ema_only:
+            raise ValueError("this model was loaded from an export, which holds only the EMA networks: use ema=True")
 
     @torch.inference_mode()
     def caption(
@@ -469,6 +532,7 @@ class M2GAN(pl.LightningModule):
         temperature: float = 0.0,
         seed: int = 0,
         length_penalty: float = 1.0,
+        ema: bool = True,
     ) -> list[str]:
         """Describe images with the EMA captioner.
 
@@ -480,6 +544,7 @@ class M2GAN(pl.LightningModule):
             temperature: With ``num_beams=1``, a positive value samples tokens at this temperature.
             seed: Seed of the sampling (``temperature > 0``).
             length_penalty: Beam search ranks captions by log-probability / length ** this.
+            ema: Use the EMA captioner (the default); False uses the trained one.
 
         Returns:
             One caption per image.
@@ -489,13 +554,16 @@ class M2GAN(pl.LightningModule):
         if num_beams > 1 and temperature > 0:
             raise ValueError("choose beam search (num_beams > 1) or sampling (temperature > 0), not both")
         pixels = prepare_images(images, self.hparams.resolution).to(self.device)
+        if not ema:
+            self._require_trained_weights()
+        captioner = self.captioner_ema if ema else self.captioner
         if num_beams > 1:
             tokens = decoding.beam_search(
-                self.captioner_ema, pixels, BOS_ID, EOS_ID, PAD_ID, num_beams=num_beams, length_penalty=length_penalty
+                captioner, pixels, BOS_ID, EOS_ID, PAD_ID, num_beams=num_beams, length_penalty=length_penalty
             )
         else:
             generator = torch.Generator(self.device).manual_seed(seed)
-            tokens = self._sample_captions(self.captioner_ema, pixels, temperature, generator)
+            tokens = self._sample_captions(captioner, pixels, temperature, generator)
         return [self.tokenizer.decode(row) for row in tokens.cpu()]
 
     def _sample_captions(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +67,21 @@ def test_fit_writes_a_checkpoint_that_samples_and_a_second_run_works(tmp_path):
     assert len(captions) == 4 and all(isinstance(c, str) for c in captions)
     assert list((run_folder / "captions").glob("step_*.jsonl")), "no caption table written"
     assert int(model.g_steps) == 4  # 32 images / batch 8: the whole epoch is in last.ckpt
+
+    (tmp_path / "prompts.txt").write_text("a red circle at the left\n\na big blue square\n")
+    predicted = run_train(
+        ["predict", *TINY, f"--ckpt_path={last}", "--data.predict_prompts=prompts.txt", "--data.predict_num_images=2"],
+        tmp_path,
+    )
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    (manifest,) = tmp_path.glob("runs/m2gan/*/predictions/manifest.jsonl")
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert sorted(p.name for p in manifest.parent.glob("*.png")) == sorted(r["file"] for r in rows)
+    assert [r["prompt"] for r in rows] == ["a red circle at the left"] * 2 + ["a big blue square"] * 2
+    # The tiny checkpoint does not fit the default config's model: one clear line, no traceback.
+    mismatch = run_train(["predict", f"--ckpt_path={last}", "--data.predict_prompts=prompts.txt"], tmp_path)
+    assert mismatch.returncode != 0 and re.search("another (data )?config", mismatch.stderr), mismatch.stderr[-2000:]
+    assert "Traceback" not in mismatch.stderr
 
     tested = run_train(["test", *TINY, f"--ckpt_path={last}"], tmp_path)
     assert tested.returncode == 0, tested.stderr[-3000:]

@@ -6,9 +6,11 @@ import functools
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from m2gan.data.shapes import ShapesDataset
+from m2gan.prompts import PromptDataset, read_prompts
 from m2gan.tokenizer import CaptionTokenizer
 
 
@@ -33,6 +35,9 @@ class ShapesDataModule(pl.LightningDataModule):
         num_references: Reference captions per validation/test image (COCO has 5).
         num_workers: Data-loader worker processes (0 renders in the training process).
         seed: Dataset seed; the same seed gives the same images and captions.
+        predict_prompts: For ``train.py predict``: a text file of prompts, one per line.
+        predict_num_images: For ``train.py predict``: images per prompt.
+        predict_seed: For ``train.py predict``: noise seed of the first image (row ``r`` uses ``predict_seed + r``).
     """
 
     def __init__(
@@ -48,6 +53,9 @@ class ShapesDataModule(pl.LightningDataModule):
         num_references: int = 5,
         num_workers: int = 0,
         seed: int = 0,
+        predict_prompts: str | None = None,
+        predict_num_images: int = 1,
+        predict_seed: int = 0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -110,3 +118,12 @@ class ShapesDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False, drop_last=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        if not self.hparams.predict_prompts:
+            raise ValueError("predict needs prompts: pass --data.predict_prompts FILE (one prompt per line)")
+        prompts, skipped = read_prompts(self.hparams.predict_prompts)
+        if skipped:
+            rank_zero_info(f"{self.hparams.predict_prompts}: {skipped} blank lines skipped")
+        dataset = PromptDataset(prompts, self.hparams.predict_num_images, self.hparams.predict_seed)
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=False)

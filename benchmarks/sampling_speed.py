@@ -1,0 +1,112 @@
+"""How fast does sampling run? Throughput against the bare generator, and cold-start time.
+
+1. Throughput: images/s of ``model.generate`` (text encoding, noise, generator, uint8 conversion)
+   at batch 64, as a ratio to the bare EMA generator forward pass on the same noise and sentence
+   vectors, both measured in this run (median of ``--repeats`` timed calls after a warm-up).
+2. Cold start: a fresh Python process imports M2GAN, loads a checkpoint and draws one image; the
+   time from process start, and the load + first-image part alone.
+
+    python benchmarks/sampling_speed.py                   # default model config, random weights
+    python benchmarks/sampling_speed.py --ckpt runs/m2gan/<run>/checkpoints/last.ckpt
+    python benchmarks/sampling_speed.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PROMPTS = (
+    "a large red circle in the top left",
+    "a small blue square at the bottom",
+    "there is a big yellow triangle in the centre",
+    "a green cross to the left of a white circle",
+)
+
+COLD_START = """
+import sys, time
+start = time.perf_counter()
+import m2gan
+imported = time.perf_counter()
+model = m2gan.load(sys.argv[1])
+model.generate(["a large red circle in the top left"])
+print(imported - start, time.perf_counter() - imported)
+"""
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", help="a checkpoint to sample from (default: the default config, untrained)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per measurement")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, a smoke run")
+    return parser.parse_args()
+
+
+def default_model_checkpoint(folder: str) -> str:
+    """A checkpoint of the default config's model (untrained weights time the same as trained ones)."""
+    from m2gan.cli import main as cli_main
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    cli_main(
+        str(ROOT / "configs" / "default.yaml"),
+        ["fit", "--trainer.max_steps=2", f"--trainer.logger.init_args.save_dir={folder}",
+         "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0"],
+    )  # fmt: skip
+    return str(next(Path(folder).glob("m2gan/*/checkpoints/last.ckpt")))
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    args = parse_args()
+    repeats = 3 if args.quick else args.repeats
+    import m2gan
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.ckpt or default_model_checkpoint(tmp)
+        model = m2gan.load(checkpoint)
+        n = args.batch_size
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
+        with torch.inference_mode():
+            _, sentence = model.text_encoder_ema(model.encode_prompts(prompts))
+            z = model.noise(n, torch.Generator().manual_seed(0))
+            bare = median_seconds(lambda: model.generator_ema(z, sentence), repeats)
+        full = median_seconds(lambda: model.generate(prompts, num_images=1, seed=0, batch_size=n), repeats)
+
+        cold = subprocess.run(
+            [sys.executable, "-c", COLD_START, checkpoint], capture_output=True, text=True, check=True
+        ).stdout.split()
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", COLD_START, checkpoint], capture_output=True, check=True)
+        process_total = time.perf_counter() - start
+        import_seconds, load_and_first = map(float, cold)
+
+    print(f"\nsampling_speed: {torch.get_num_threads()} threads, {os.cpu_count()} cores, batch {n}, "
+          f"resolution {model.hparams.resolution}, median of {repeats}")  # fmt: skip
+    print(f"bare EMA generator forward: {n / bare:8.0f} images/s")
+    print(f"model.generate:             {n / full:8.0f} images/s   ratio {bare / full:.2f}x of the bare forward")
+    print(f"cold start: load + first image {load_and_first:.2f} s; whole process {process_total:.2f} s "
+          f"(of which importing m2gan {import_seconds:.2f} s)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""``m2gan-sample``: draw images for prompts, or caption images, from a checkpoint or an export.
+
+    m2gan-sample generate CKPT --prompt "a red circle on the left" --num-images 4 --out samples/
+    m2gan-sample generate CKPT --prompts-file prompts.txt --seed 1 --grid --out samples/
+    m2gan-sample caption CKPT photos/ cat.jpg [--num-beams 4] [--out captions.jsonl]
+
+Also runnable as ``python -m m2gan.sample``. Every failure is one line on stderr and a non-zero
+exit status, and nothing is left half-written: outputs appear only when the whole run succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="m2gan-sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("checkpoint", help="a .ckpt written by train.py, or a folder written by m2gan-export")
+        sub.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if present")
+        sub.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+        sub.add_argument(
+            "--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA networks (default)"
+        )
+
+    generate = commands.add_parser("generate", help="text -> image")
+    common(generate)
+    generate.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
+    generate.add_argument("--prompts-file", help="a UTF-8 text file, one prompt per line (blank lines skipped)")
+    generate.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    generate.add_argument("--seed", type=int, default=0, help="noise seed: same seed, same images (same device)")
+    generate.add_argument("--truncation", type=float, default=None, help="truncate the noise to ±this (off)")
+    generate.add_argument("--grid", action="store_true", help="also write grid.png, the prompt above each row")
+    generate.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
+
+    caption = commands.add_parser("caption", help="image -> text")
+    common(caption)
+    caption.add_argument("images", nargs="+", help="image files or folders of images")
+    caption.add_argument("--num-beams", type=int, default=1, help="1 = greedy; more = beam search")
+    caption.add_argument("--out", help="write JSONL here instead of stdout")
+    return parser
+
+
+def pick_device(choice: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is an error."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but CUDA is not available on this machine")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def run_generate(args: argparse.Namespace, model) -> str:
+    from m2gan.grid import prompt_grid
+    from m2gan.outputs import staged_folder, write_images
+    from m2gan.prompts import read_prompts
+
+    prompts, skipped = list(args.prompt), 0
+    for i, prompt in enumerate(prompts):
+        if not prompt.strip():
+            raise ValueError(f"--prompt number {i + 1} is empty")
+    if args.prompts_file:
+        from_file, skipped = read_prompts(args.prompts_file)
+        prompts += from_file
+    if not prompts:
+        raise ValueError("no prompts: give --prompt and/or --prompts-file")
+    if args.num_images < 1:
+        raise ValueError(f"--num-images must be at least 1, got {args.num_images}")
+    with staged_folder(args.out) as folder:
+        images = model.generate(
+            prompts, args.num_images, args.seed, truncation=args.truncation, ema=args.ema, batch_size=args.batch_size
+        )
+        write_images(folder, images, prompts, args.num_images, args.seed, args.truncation)
+        if args.grid:
+            prompt_grid(images, prompts, scale=max(1, 128 // images.shape[-1])).save(folder / "grid.png")
+    note = f" ({skipped} blank lines skipped)" if skipped else ""
+    return f"wrote {images.shape[0]} images for {len(prompts)} prompts{note} to {args.out}"
+
+
+def image_files(inputs: list[str]) -> list[Path]:
+    """Files named on the command line, and the image files (by suffix) of named folders, sorted."""
+    files = []
+    for entry in map(Path, inputs):
+        if entry.is_dir():
+            found = sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise ValueError(f"{entry}: holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            files += found
+        elif entry.is_file():
+            files.append(entry)
+        else:
+            raise ValueError(f"{entry}: no such file or folder")
+    return files
+
+
+def run_caption(args: argparse.Namespace, model) -> str:
+    from m2gan.images import load_image
+
+    files = image_files(args.images)
+    if args.num_beams < 1:
+        raise ValueError(f"--num-beams must be at least 1, got {args.num_beams}")
+    # Read every image before captioning any, so a bad file fails the run before output is written.
+    pixels = torch.stack([load_image(file, model.hparams.resolution) for file in files])
+    captions = []
+    for start in range(0, len(files), args.batch_size):
+        captions += model.caption(pixels[start : start + args.batch_size], num_beams=args.num_beams, ema=args.ema)
+    lines = [json.dumps({"file": str(file), "caption": caption}) for file, caption in zip(files, captions)]
+    if args.out is None:
+        print("\n".join(lines))
+        return f"captioned {len(files)} images"
+    out = Path(args.out)
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        partial.replace(out)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise ValueError(f"{out}: cannot write there ({error.strerror or error})") from None
+    return f"captioned {len(files)} images into {out}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``m2gan-sample``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from m2gan.export import load
+
+    with warnings.catch_warnings():
+        # Warnings (unknown words, truncated prompts) are shown as one line each, without source lines.
+        warnings.showwarning = lambda message, *rest, **kwargs: print(f"warning: {message}", file=sys.stderr)
+        return _run(args, load)
+
+
+def _run(args: argparse.Namespace, load) -> int:
+    try:
+        device = pick_device(args.device)
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        model = load(args.checkpoint, map_location=device)
+        summary = run_generate(args, model) if args.command == "generate" else run_caption(args, model)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"m2gan-sample: error: {error}", file=sys.stderr)
+        return 1
+    print(summary, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
