@@ -36,7 +36,7 @@ from m2gan.images import ImageInput, prepare_images
 from m2gan.negatives import swap_one_word
 from m2gan.networks import Captioner, Discriminator, Generator, TextEncoder
 from m2gan.networks.generator import check_resolution
-from m2gan.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, CaptionTokenizer
+from m2gan.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, CaptionTokenizer
 
 TOKENIZER_KEY = "m2gan_tokenizer"
 
@@ -572,7 +572,12 @@ class M2GAN(pl.LightningModule):
         return decoding.sample(captioner, images, BOS_ID, EOS_ID, PAD_ID, temperature=temperature, generator=generator)
 
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Validate prompts and turn them into token ids (B, max_length); warn once about unknown words."""
+        """Validate prompts and turn them into token ids (B, L); warn once about unknown words.
+
+        ``L`` is the longest prompt's length (at most ``max_length``): trailing columns that are
+        padding in every row are dropped, which the text encoder's padding mask makes exact and
+        saves it work.
+        """
         if isinstance(prompts, str):
             prompts = [prompts]
         if not prompts:
@@ -582,7 +587,9 @@ class M2GAN(pl.LightningModule):
                 raise ValueError(f"prompt {i} is empty: every prompt needs at least one word")
         if self.tokenizer is None:
             raise RuntimeError("this model has no tokenizer: load it from a checkpoint or call set_tokenizer()")
-        unknown = sorted({w for p in prompts for w in self.tokenizer.unknown_words(p)})
-        if unknown:
+        tokens = self.tokenizer.encode(prompts)
+        if (tokens == UNK_ID).any():  # only then is it worth re-reading the prompts word by word
+            unknown = sorted({w for p in prompts for w in self.tokenizer.unknown_words(p)})
             warnings.warn(f"words not in the training vocabulary are ignored as [UNK]: {unknown}", stacklevel=3)
-        return self.tokenizer.encode(prompts)
+        used = (tokens != PAD_ID).any(dim=0).nonzero()
+        return tokens[:, : int(used.max()) + 1]

@@ -193,3 +193,11 @@ def test_caption_reads_image_files(tiny_model, tmp_path):
 def test_bad_images_to_caption_are_clear_errors(tiny_model, tmp_path, make, message):
     with pytest.raises(ValueError, match=message):
         tiny_model.caption(make(tmp_path))
+
+
+def test_prompts_drop_padding_columns_without_changing_the_text_encoding(tiny_model):
+    prompts = ["a red circle", "a big blue square at the top"]
+    tokens, full = tiny_model.encode_prompts(prompts), tiny_model.tokenizer.encode(prompts)
+    assert tokens.shape[1] == 9 < full.shape[1]  # [BOS] + 7 words + [EOS]
+    with torch.inference_mode():
+        torch.testing.assert_close(tiny_model.text_encoder_ema(tokens)[1], tiny_model.text_encoder_ema(full)[1])
