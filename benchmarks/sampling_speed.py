@@ -3,8 +3,8 @@
 1. Throughput: images/s of ``model.generate`` (tokenising, text encoder, noise, generator, uint8
    conversion) at batch 64 (64 distinct prompts), as a ratio to (a) the bare EMA generator forward
    pass on the same noise and sentence vectors and (b) the text encoder + generator forward from
-   token ids — the wrapper's own overhead. Each pair is timed alternately in this run (median of
-   ``--repeats`` calls after a warm-up).
+   token ids — the wrapper's own overhead. The three are timed in turn within each repeat, in
+   this run (median of ``--repeats`` calls after a warm-up).
 2. Cold start: a fresh Python process imports M2GAN, loads a checkpoint and draws one image; the
    whole process's wall time, the import part, and the load + first-image part alone.
 
@@ -45,7 +45,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", help="a checkpoint to sample from (default: the default config, untrained)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=20, help="timed calls per measurement")
+    parser.add_argument("--repeats", type=int, default=50, help="timed calls per measurement")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, a smoke run")
     return parser.parse_args()
 
@@ -63,16 +63,17 @@ def default_model_checkpoint(folder: str) -> str:
     return str(next(Path(folder).glob("m2gan/*/checkpoints/last.ckpt")))
 
 
-def interleaved_medians(first, second, repeats: int) -> tuple[float, float]:
-    """Median seconds of two callables, timed alternately so machine noise hits both alike."""
-    first(), second()  # warm-up
-    times: tuple[list[float], list[float]] = ([], [])
+def interleaved_medians(functions, repeats: int) -> list[float]:
+    """Median seconds of each callable, timed in turn within every repeat so machine noise hits all alike."""
+    for fn in functions:  # warm-up
+        fn()
+    times: list[list[float]] = [[] for _ in functions]
     for _ in range(repeats):
-        for fn, bucket in ((first, times[0]), (second, times[1])):
+        for fn, bucket in zip(functions, times):
             start = time.perf_counter()
             fn()
             bucket.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return [statistics.median(bucket) for bucket in times]
 
 
 def main() -> None:
@@ -103,8 +104,7 @@ def main() -> None:
         def generate() -> None:
             model.generate(prompts, num_images=1, seed=0, batch_size=n)
 
-        bare, full = interleaved_medians(generator_only, generate, repeats)
-        both, full_again = interleaved_medians(networks, generate, repeats)
+        bare, both, full = interleaved_medians([generator_only, networks, generate], repeats)
 
         cold = subprocess.run(
             [sys.executable, "-c", COLD_START, checkpoint], capture_output=True, text=True, check=True
@@ -117,9 +117,9 @@ def main() -> None:
     print(f"\nsampling_speed: {torch.get_num_threads()} threads, {os.cpu_count()} cores, batch {n}, "
           f"resolution {model.hparams.resolution}, median of {repeats}")  # fmt: skip
     print(f"bare EMA generator forward:            {n / bare:6.0f} images/s")
-    print(f"model.generate:                        {n / full:6.0f} images/s   ratio {bare / full:.2f}x")
     print(f"text encoder + generator from tokens:  {n / both:6.0f} images/s")
-    print(f"model.generate (timed against it):     {n / full_again:6.0f} images/s   ratio {both / full_again:.2f}x")
+    print(f"model.generate:                        {n / full:6.0f} images/s   "
+          f"ratio {bare / full:.2f}x of the bare forward, {both / full:.2f}x of the networks")  # fmt: skip
     print(f"cold start: load + first image {load_and_first:.2f} s; whole process {process_total:.2f} s "
           f"(of which imports {import_seconds:.2f} s)")  # fmt: skip
 

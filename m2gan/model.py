@@ -506,8 +506,10 @@ class M2GAN(pl.LightningModule):
     ) -> torch.Tensor:
         """uint8 CPU images (N, 3, H, W) for noise (N, noise_dim) and sentence vectors (N, S)."""
         step = batch_size or z.shape[0]
-        images = torch.cat([generator(z[i : i + step], sentence[i : i + step]) for i in range(0, z.shape[0], step)])
-        return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
+        chunks = [generator(z[i : i + step], sentence[i : i + step]) for i in range(0, z.shape[0], step)]
+        images = chunks[0] if len(chunks) == 1 else torch.cat(chunks)  # (N, 3, H, W) in [-1, 1]
+        # In place: sampling runs under inference mode, and each temporary would cost a full pass.
+        return images.float().add_(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).cpu()
 
     @torch.inference_mode()
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
