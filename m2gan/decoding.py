@@ -114,9 +114,12 @@ def beam_search(
 
 
 def straight_through(
-    captioner: Captioner, images: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0
+    captioner: Captioner, memory: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
-    """Differentiable one-hot rows (B, max_length, V) of sampled captions ``tokens`` of ``images``.
+    """Differentiable one-hot rows (B, max_length, V) of sampled captions ``tokens``.
+
+    ``memory`` is ``captioner.encode(images)`` of the captioned images (a caller that also needs
+    it for another loss encodes the images once).
 
     The forward value is exactly ``one_hot(tokens)``; the gradient is that of
     ``softmax(logits / temperature)`` of the captioner's teacher-forced pass over its own tokens
@@ -124,7 +127,7 @@ def straight_through(
     drawn by :func:`sample` at temperature 1, it is the straight-through Gumbel-softmax of Jang et
     al. 2017). Row position 0 (``[BOS]``) is constant.
     """
-    logits = captioner(images, tokens)  # (B, L-1, V): predicts tokens[:, 1:]
+    logits = captioner.decode(memory, tokens[:, :-1])  # (B, L-1, V): predicts tokens[:, 1:]
     soft = F.softmax(logits.float() / temperature, dim=-1)
     hard = F.one_hot(tokens, logits.shape[-1]).to(soft.dtype)  # (B, L, V)
     relaxed = hard[:, 1:] + soft - soft.detach()

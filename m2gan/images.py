@@ -54,7 +54,8 @@ def prepare_images(images: torch.Tensor | Sequence[ImageInput] | ImageInput, res
     Args:
         images: A tensor (N, 3, H, W) or (3, H, W) — uint8 in [0, 255] or float in [-1, 1] — or
             one or several file paths or PIL images.
-        resolution: The model's image side; tensors of another size are resized (antialiased).
+        resolution: The model's image side; tensors are centre-cropped square and resized (antialiased)
+            like files.
     """
     if not isinstance(images, torch.Tensor):
         if isinstance(images, (str, os.PathLike, Image.Image)):
@@ -69,6 +70,11 @@ def prepare_images(images: torch.Tensor | Sequence[ImageInput] | ImageInput, res
     if min(images.shape[-2:]) < MIN_SIDE:
         raise ValueError(f"images are {images.shape[-1]}x{images.shape[-2]} pixels; each side needs {MIN_SIDE}")
     images = images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
-    if images.shape[-2:] != (resolution, resolution):
+    height, width = images.shape[-2:]
+    if height != width:  # centre-crop to a square, as for files
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        images = images[..., top : top + side, left : left + side]
+    if images.shape[-1] != resolution:
         images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True)
     return images

@@ -378,13 +378,16 @@ class M2GAN(pl.LightningModule):
                     cycle = losses.caption_cross_entropy(self.captioner(fake, text.tokens), text.tokens, PAD_ID)
                 loss = loss + hp.cycle_weight * cycle
                 logs["train/cycle"] = cycle.detach()
+            use_real_captions = hp.caption_weight > 0 or text.sampled_tokens is not None
+            # Both real-image terms read the same image tokens: encode the images once.
+            memory = self.captioner.encode(images) if use_real_captions else None  # (B, P, W)
             if hp.caption_weight > 0:
-                logits = self.captioner(images, text.tokens)  # (B, L-1, V)
+                logits = self.captioner.decode(memory, text.tokens[:, :-1])  # (B, L-1, V)
                 caption = losses.caption_cross_entropy(logits, text.tokens, PAD_ID, hp.caption_label_smoothing)
                 loss = loss + hp.caption_weight * caption
                 logs["train/caption"] = caption.detach()
             if text.sampled_tokens is not None:
-                relaxed = decoding.straight_through(self.captioner, images, text.sampled_tokens, hp.caption_temperature)
+                relaxed = decoding.straight_through(self.captioner, memory, text.sampled_tokens, hp.caption_temperature)
                 _, sampled_sentence = self.text_encoder(relaxed)  # frozen here: trained by d_step
                 with torch.no_grad():
                     real_features = self.discriminator.features(images)

@@ -201,3 +201,10 @@ def test_prompts_drop_padding_columns_without_changing_the_text_encoding(tiny_mo
     assert tokens.shape[1] == 9 < full.shape[1]  # [BOS] + 7 words + [EOS]
     with torch.inference_mode():
         torch.testing.assert_close(tiny_model.text_encoder_ema(tokens)[1], tiny_model.text_encoder_ema(full)[1])
+
+
+def test_non_square_image_tensors_are_centre_cropped_like_files():
+    from m2gan.images import prepare_images
+
+    images = torch.rand(1, 3, 32, 48) * 2 - 1
+    torch.testing.assert_close(prepare_images(images, 32), images[..., 8:40])
