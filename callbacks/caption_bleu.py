@@ -26,9 +26,9 @@ class CaptionBLEU(pl.Callback):
     * ``val/cycle_bleu4`` (if ``cycle``) — the generator draws each validation caption, the
       captioner describes the drawing, and that description is scored against the same references:
       high only if the generator draws what the text says and the captioner reads it back;
-    * a table of the first ``num_table_images`` validation images (image, caption, references)
-      and, for the fixed ``prompts``, (prompt, generated image, its caption) — to W&B and as
-      ``<run folder>/captions/step_XXXXXXX.jsonl``.
+    * a table of the first ``num_table_images`` validation images (image, caption, references),
+      to W&B and as ``<run folder>/captions/step_XXXXXXX.jsonl``. (Generated images of fixed
+      prompts and their captions are :class:`~callbacks.SampleGrid`'s table.)
 
     Under DDP each rank captions its share; the results are gathered and de-duplicated by dataset
     index (the distributed sampler repeats samples to even out ranks), so every validation image
@@ -38,9 +38,8 @@ class CaptionBLEU(pl.Callback):
         every_n_validations: Run at every n-th validation (1 = every one).
         num_beams: Beam width of the captions (1 = greedy).
         cycle: Also compute ``val/cycle_bleu4``.
-        prompts: Fixed prompts whose generated images are captioned into the table.
         num_table_images: Validation images shown in the table.
-        seed: Noise seed of the generated images.
+        seed: Noise seed of the images drawn for the cycle check.
     """
 
     def __init__(
@@ -48,14 +47,13 @@ class CaptionBLEU(pl.Callback):
         every_n_validations: int = 1,
         num_beams: int = 1,
         cycle: bool = True,
-        prompts: list[str] | None = None,
         num_table_images: int = 16,
         seed: int = 0,
     ) -> None:
         if every_n_validations < 1:
             raise ValueError(f"every_n_validations must be positive, got {every_n_validations}")
         self.every_n_validations, self.num_beams, self.cycle = every_n_validations, num_beams, cycle
-        self.prompts, self.num_table_images, self.seed = list(prompts or []), num_table_images, seed
+        self.num_table_images, self.seed = num_table_images, seed
         self._validations = 0
         self._active = False
         self._rows: dict[int, dict] = {}
@@ -111,46 +109,33 @@ class CaptionBLEU(pl.Callback):
         for name, value in metrics.items():
             pl_module.log(name, value, sync_dist=False)
         if trainer.is_global_zero:
-            self._write_table(trainer, pl_module)
+            self._write_table(trainer)
 
-    def _write_table(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _write_table(self, trainer: pl.Trainer) -> None:
         step = trainer.global_step
-        prompt_rows = []
-        if self.prompts:
-            drawn = pl_module.generate(self.prompts, seed=self.seed)
-            for prompt, image, caption in zip(self.prompts, drawn, pl_module.caption(drawn, num_beams=self.num_beams)):
-                prompt_rows.append({"prompt": prompt, "image": image, "caption": caption})
         try:
             folder = os.path.join(run_dir(trainer), "captions")
             os.makedirs(folder, exist_ok=True)
             with open(os.path.join(folder, f"step_{step:07d}.jsonl"), "w") as file:
                 for row in self._table:
                     file.write(json.dumps({k: v for k, v in row.items() if k != "image"}) + "\n")
-                for row in prompt_rows:
-                    file.write(json.dumps({k: v for k, v in row.items() if k != "image"}) + "\n")
         except OSError as error:
             warnings.warn(f"could not write the caption table at step {step}: {error}", stacklevel=1)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 try:
-                    self._log_wandb(logger, prompt_rows)
+                    self._log_wandb(logger)
                 except Exception as error:  # noqa: BLE001 - a logging failure must not stop training
-                    warnings.warn(f"could not log the caption tables to W&B: {error}", stacklevel=1)
+                    warnings.warn(f"could not log the caption table to W&B: {error}", stacklevel=1)
 
-    def _log_wandb(self, logger: WandbLogger, prompt_rows: list[dict]) -> None:
+    def _log_wandb(self, logger: WandbLogger) -> None:
         import wandb
-
-        def picture(image: torch.Tensor) -> wandb.Image:
-            return wandb.Image(image.permute(1, 2, 0).numpy())
 
         logger.log_table(
             key="captions",
             columns=["image", "caption", "references"],
-            data=[[picture(r["image"]), r["caption"], " | ".join(r["references"])] for r in self._table],
+            data=[
+                [wandb.Image(r["image"].permute(1, 2, 0).numpy()), r["caption"], " | ".join(r["references"])]
+                for r in self._table
+            ],
         )
-        if prompt_rows:
-            logger.log_table(
-                key="cycle",
-                columns=["prompt", "generated image", "caption of the image"],
-                data=[[r["prompt"], picture(r["image"]), r["caption"]] for r in prompt_rows],
-            )

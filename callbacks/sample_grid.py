@@ -1,7 +1,8 @@
-"""Log grids of EMA-generator samples for fixed prompts and fixed noise during training."""
+"""Log grids and a table of EMA-generator samples for fixed prompts and fixed noise during training."""
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -15,9 +16,15 @@ from m2gan.loggers import run_dir
 class SampleGrid(pl.Callback):
     """Every ``every_n_steps`` optimizer steps, draw the fixed prompts with fixed noise.
 
-    The grid goes to W&B (key ``samples``, one image per prompt, the prompt as caption) and to
-    ``<run folder>/samples/step_XXXXXXX.png`` with the prompts written above their rows. A last grid
-    is drawn when training ends. Failing to write or log a grid warns and never stops training.
+    Logged to W&B (rank 0 only):
+
+    * ``samples``: one image per prompt (its row of samples), the prompt as caption;
+    * ``sample_table``: one row per prompt — the prompt, its samples, and what the EMA captioner
+      reads in each of them (so text → image → text can be eyeballed).
+
+    The same goes to disk for offline users: ``<run folder>/samples/step_XXXXXXX.png`` with the
+    prompts written above their rows, and ``step_XXXXXXX.jsonl`` with the prompts and captions.
+    A last grid is drawn when training ends. Failing to write or log warns and never stops training.
 
     Args:
         prompts: Captions to draw, one row each.
@@ -59,17 +66,41 @@ class SampleGrid(pl.Callback):
         if not trainer.is_global_zero:
             return
         images = pl_module.generate(self.prompts, num_images=self.num_images, seed=self.seed)
+        n = self.num_images
+        captions = pl_module.caption(images)
+        rows = [
+            {
+                "prompt": p,
+                "captions": captions[i * n : (i + 1) * n],
+                "grid": prompt_grid(images[i * n : (i + 1) * n], [p], self.scale),
+            }
+            for i, p in enumerate(self.prompts)
+        ]
         try:
             folder = os.path.join(run_dir(trainer), "samples")
             os.makedirs(folder, exist_ok=True)
             prompt_grid(images, self.prompts, self.scale).save(os.path.join(folder, f"step_{step:07d}.png"))
+            with open(os.path.join(folder, f"step_{step:07d}.jsonl"), "w", encoding="utf-8") as file:
+                for row in rows:
+                    file.write(json.dumps({"prompt": row["prompt"], "captions": row["captions"]}) + "\n")
         except OSError as error:
             warnings.warn(f"could not write the sample grid at step {step}: {error}", stacklevel=1)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                n = self.num_images
-                rows = [prompt_grid(images[i * n : (i + 1) * n], [p], self.scale) for i, p in enumerate(self.prompts)]
                 try:
-                    logger.log_image(key="samples", images=rows, caption=self.prompts)
+                    self._log_wandb(logger, rows, step)
                 except Exception as error:  # noqa: BLE001 - a logging failure must not stop training
-                    warnings.warn(f"could not log the sample grid to W&B: {error}", stacklevel=1)
+                    warnings.warn(f"could not log the samples to W&B: {error}", stacklevel=1)
+
+    @staticmethod
+    def _log_wandb(logger: WandbLogger, rows: list[dict], step: int) -> None:
+        import wandb
+
+        prompts = [row["prompt"] for row in rows]
+        logger.log_image(key="samples", images=[row["grid"] for row in rows], caption=prompts, step=step)
+        logger.log_table(
+            key="sample_table",
+            columns=["prompt", "samples", "captions of the samples"],
+            data=[[row["prompt"], wandb.Image(row["grid"]), " | ".join(row["captions"])] for row in rows],
+            step=step,
+        )

@@ -8,8 +8,16 @@ validation images says how far to trust it.
 
 from __future__ import annotations
 
-import torch
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
 
+import torch
+from safetensors.torch import load_file, save_file
+
+from m2gan.cache import atomic_path, cache_root, key_digest
 from m2gan.data.shapes import COLOURS, SHAPES, SIZES, Scene, ShapesDataset
 from m2gan.networks import AttributeClassifier
 
@@ -88,3 +96,63 @@ def train_judge(
         optimizer.step()
         schedule.step()
     return classifier.eval()
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeRecipe:
+    """How a judge is trained (the arguments of :func:`train_judge`); its cache key."""
+
+    resolution: int = 32
+    pool_size: int = 6_000
+    steps: int = 500
+    batch_size: int = 64
+    seed: int = 1234
+    lr: float = 3e-3
+
+
+def save_judge(classifier: AttributeClassifier, path: str | os.PathLike, resolution: int) -> None:
+    """Write a judge as safetensors, its attributes and resolution in the header (no pickle)."""
+    metadata = {"attributes": json.dumps(ATTRIBUTES), "resolution": str(resolution)}
+    with atomic_path(path) as temporary:
+        save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(temporary), metadata=metadata)
+
+
+def load_judge(path: str | os.PathLike) -> tuple[AttributeClassifier, int]:
+    """Read a judge written by :func:`save_judge`; returns it (in eval mode) and its image resolution.
+
+    Raises:
+        ValueError: The file is not a judge of the current shapes attributes.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+        state = load_file(str(path))
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+        raise ValueError(f"{path}: not a readable shapes judge ({error})") from None
+    if json.loads(metadata.get("attributes", "null")) != ATTRIBUTES:
+        raise ValueError(f"{path}: judges other attributes than {ATTRIBUTES}; delete it to retrain")
+    classifier = AttributeClassifier(ATTRIBUTES)
+    classifier.load_state_dict(state)
+    return classifier.eval(), int(metadata["resolution"])
+
+
+def judge_file(recipe: JudgeRecipe = JudgeRecipe(), cache_dir: str | os.PathLike | None = None) -> Path:
+    """Path of the judge trained by ``recipe``, training and caching it on first use (about a minute at 32 px).
+
+    The cache key holds the recipe and a digest of a few rendered images, so a change to the
+    shapes renderer retrains the judge instead of trusting a stale one.
+    """
+    probe = torch.stack([ShapesDataset("train", 4, recipe.resolution, recipe.seed).image(i) for i in range(4)])
+    key = key_digest(
+        {
+            **dataclasses.asdict(recipe),
+            "attributes": ATTRIBUTES,
+            "probe": hashlib.sha256(probe.numpy().tobytes()).hexdigest(),
+        }
+    )
+    path = Path(cache_dir or cache_root()) / "judges" / f"shapes-judge-{recipe.resolution}px-{key}.safetensors"
+    if not path.exists():
+        save_judge(train_judge(**dataclasses.asdict(recipe)), path, recipe.resolution)
+    return path

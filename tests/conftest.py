@@ -14,11 +14,19 @@ TINY_MODEL = dict(
 )  # fmt: skip
 
 
+@pytest.fixture(scope="session")
+def m2gan_cache(tmp_path_factory):
+    """One cache folder for the session: the shapes judge is trained at most once per test run."""
+    return tmp_path_factory.mktemp("m2gan-cache")
+
+
 @pytest.fixture(autouse=True)
-def _offline_wandb(monkeypatch, tmp_path):
-    # Tests never reach W&B's server and never read the developer's own login.
+def _isolated(monkeypatch, tmp_path, m2gan_cache):
+    # Tests never reach W&B's server, never read the developer's own login or ~/.cache/m2gan.
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))  # artifact staging
+    monkeypatch.setenv("M2GAN_CACHE", str(m2gan_cache))
     torch.manual_seed(0)
 
 

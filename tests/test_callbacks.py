@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +14,7 @@ import torch
 from PIL import Image
 
 from callbacks import CaptionBLEU, FinalCheckpoint, SampleGrid
+from m2gan.loggers import AutoWandbLogger
 from m2gan.metrics import corpus_bleu
 from m2gan.model import M2GAN
 
@@ -40,8 +44,52 @@ def test_sample_grid_writes_pngs_with_one_row_per_prompt(tmp_path, datamodule, t
     trainer.fit(tiny_model, datamodule)
     pngs = sorted((tmp_path / "samples").glob("step_*.png"))
     assert [p.name for p in pngs] == ["step_0000002.png", "step_0000004.png"]
+    table = [json.loads(line) for line in (tmp_path / "samples" / "step_0000004.jsonl").read_text().splitlines()]
+    assert [row["prompt"] for row in table] == prompts and all(len(row["captions"]) == 3 for row in table)
     width, height = Image.open(pngs[-1]).size
     assert height > 2 * 32 * grid.scale and width >= 3 * 32 * grid.scale
+
+
+def test_sample_grid_logs_images_and_a_table_into_the_offline_wandb_run(tmp_path, datamodule, tiny_model):
+    import wandb
+
+    prompts = ["a red circle at the left", "a small blue square at the top"]
+    logger = AutoWandbLogger(save_dir=str(tmp_path), project="m2gan")
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=logger,
+        callbacks=[SampleGrid(prompts, every_n_steps=100, num_images=2)], enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(tiny_model, datamodule)
+    run_folder = Path(logger.experiment.dir).parent
+    wandb.finish()
+    wandb.teardown()  # stops W&B's service and unsets WANDB_SERVICE, which later child processes would inherit
+    # Read the run back with W&B's own inspector of its transaction log, not by guessing file names.
+    inspect = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_folder)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert inspect.returncode == 0, inspect.stderr
+    history = [json.loads(line) for line in inspect.stdout.splitlines()]
+    items = [record["history"]["item"] for record in history if record.get("type") == "history"]
+    # Nested values come flattened: "samples._type", "sample_table.path", …
+    logged = {key: value for item in items for key, value in item.items()}
+    images = {k.split(".", 1)[1]: v for k, v in logged.items() if k.startswith("samples.")}
+    table = {k.split(".", 1)[1]: v for k, v in logged.items() if k.startswith("sample_table.")}
+    assert images["_type"] == "images/separated" and images["captions"] == prompts
+    assert all((run_folder / "files" / name).is_file() for name in images["filenames"])
+    assert table["_type"] == "table-file" and table["nrows"] == len(prompts)
+    # A table with images is stored as a W&B artifact: its manifest names the table and each image.
+    (artifact,) = [
+        r["artifact"] for r in history if r.get("type") == "artifact" and r["artifact"]["name"].endswith("sample_table")
+    ]
+    files = {entry["path"]: Path(entry["local_path"]) for entry in artifact["manifest"]["contents"]}
+    rows = json.loads(files["sample_table.table.json"].read_text())
+    assert rows["columns"] == ["prompt", "samples", "captions of the samples"]
+    assert [row[0] for row in rows["data"]] == prompts
+    for _, image, captions in rows["data"]:
+        assert image["_type"] == "image-file" and files[image["path"]].is_file()
+        assert len(captions.split(" | ")) == 2  # one caption per sample
 
 
 class _CaptioningModel:
@@ -83,7 +131,7 @@ def test_caption_bleu_counts_each_validation_image_once(tmp_path):
         sanity_checking=False, world_size=1, is_global_zero=True, global_step=10, loggers=[], logger=None,
         default_root_dir=str(tmp_path),
     )  # fmt: skip
-    callback = CaptionBLEU(prompts=["a red circle"], num_table_images=2)
+    callback = CaptionBLEU(num_table_images=2)
     callback.on_validation_epoch_start(trainer, model)
     # The second batch repeats image 0, as a distributed sampler pads the last batch.
     for batch_idx, indices in enumerate([[0, 1], [2, 0]]):
@@ -98,10 +146,7 @@ def test_caption_bleu_counts_each_validation_image_once(tmp_path):
     assert model.logged["val/cycle_bleu4"] == pytest.approx(1.0)
     (table,) = (tmp_path / "captions").glob("step_0000010.jsonl")
     rows = [json.loads(line) for line in table.read_text().splitlines()]
-    assert [r.get("index") for r in rows[:2]] == [0, 1] and rows[2] == {
-        "prompt": "a red circle",
-        "caption": "a red circle",
-    }
+    assert [r.get("index") for r in rows] == [0, 1] and rows[0]["caption"] == "a red circle at the left"
 
 
 def test_caption_bleu_runs_every_n_validations(tmp_path):

@@ -279,6 +279,17 @@ class ShapesDataset(Dataset):
     def __len__(self) -> int:
         return self.size
 
+    @property
+    def fingerprint(self) -> str:
+        """What the samples depend on (not the split's length: sample i is the same for any size).
+
+        Caches of derived data (FID's real features) are keyed by it.
+        """
+        return (
+            f"shapes(split={self.split}, resolution={self.resolution}, seed={self.seed}, "
+            f"two_object_prob={self.two_object_prob})"
+        )
+
     def _check(self, index: int) -> int:
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for a {self.split} split of {self.size} samples")

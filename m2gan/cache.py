@@ -1,0 +1,59 @@
+"""Files M2GAN derives once and reuses: where they live, how they are keyed, how they are written.
+
+Real-image feature statistics for FID and the shapes judge's weights are expensive to compute and
+cheap to keep. Each is stored under :func:`cache_root` by a key that hashes *everything* its
+content depends on (a weights file by its content, not its path), and written atomically so a
+crash never leaves a half-written file that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    """``$M2GAN_CACHE``, else ``$XDG_CACHE_HOME/m2gan``, else ``~/.cache/m2gan``."""
+    if os.environ.get("M2GAN_CACHE"):
+        return Path(os.environ["M2GAN_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "m2gan"
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's content (hex): two files with the same bytes share it, whatever their names."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def key_digest(fields: dict) -> str:
+    """A short stable hash of a JSON-serialisable ``fields`` dict (order of keys does not matter)."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is fsync'ed and renamed to ``path``.
+
+    Readers see either the old file or the complete new one, never a partial write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        with open(temporary, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
