@@ -90,6 +90,7 @@ class FID(pl.Callback):
         self.enabled = True
         self._validations = 0
         self._real: dict[str, torch.Tensor] | None = None
+        self._real_statistics: dict | None = None
         self._captions: list[str] = []
 
     # -- setup -----------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ class FID(pl.Callback):
             )
             self.enabled = False
             return
-        self.weights_identity = fid.weights_identity(self.extractor_name, path)
+        self.weights_file, self.weights_identity = path, fid.weights_identity(self.extractor_name, path)
 
     def _weights(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
         if self.extractor_name == fid.SHAPES_JUDGE and self.weights_path is None:
@@ -137,7 +138,11 @@ class FID(pl.Callback):
         generated = self._generated_features(pl_module, trainer.global_rank, trainer.world_size, device)
         values = None
         if trainer.is_global_zero:
-            values = fid.compute_metrics(generated, real, self.layers, self.kid_subset_size)
+            if "fid" in self.layers and self._real_statistics is None:
+                self._real_statistics = fid.fid_statistics(real[self.layers["fid"]])
+            values = fid.compute_metrics(
+                generated, real, self.layers, self.kid_subset_size, real_statistics=self._real_statistics
+            )
         values = trainer.strategy.broadcast(values, src=0)
         return {self.names[key]: value for key, value in values.items()}
 
@@ -161,12 +166,13 @@ class FID(pl.Callback):
             rank_zero_warn(f"{type(dataset).__name__} has no 'fingerprint': FID's real features are not cached")
         # Every rank reads the cache itself: no shared folder is assumed, and all need the captions.
         cached = fid.load_real(path, layers) if path else None
-        if cached is not None and len(cached[1]) == count:
+        if cached is not None:
             self._real, self._captions = cached
             return self._real
 
-        indices = list(range(rank, count, world_size))
-        items = [dataset[i] for i in indices]
+        loaded = [(i, dataset[i]) for i in range(rank, count, world_size)]
+        indices = [i for i, item in loaded if item is not None]  # an image that fails to load is left out
+        items = [item for _, item in loaded if item is not None]
         batches = (
             to_uint8(torch.stack([item["image"] for item in items[start : start + self.batch_size]]))
             for start in range(0, len(items), self.batch_size)

@@ -96,14 +96,14 @@ def main(default_config: str, args: list[str] | None = None) -> M2GANCLI | None:
     if not (sys.argv[1:] if args is None else args):
         print(USAGE)
         return None
-    from m2gan.data import ShapesDataModule
+    from m2gan.data import CaptionDataModule
     from m2gan.model import M2GAN, CheckpointMismatch
 
     defaults = {"default_config_files": [default_config]}
     try:
         return M2GANCLI(
             M2GAN,
-            ShapesDataModule,
+            CaptionDataModule,
             save_config_callback=RunConfigSaver,
             parser_kwargs={sub: defaults for sub in ("fit", "validate", "test", "predict")},
             args=args,

@@ -188,23 +188,33 @@ def extract_features(
     return {name: torch.cat(values) for name, values in parts.items()}
 
 
+def fid_statistics(features: torch.Tensor) -> dict[str, np.ndarray]:
+    """Mean and covariance of (N, D) features, as torch-fidelity computes them (float64)."""
+    return fid_features_to_statistics(features)
+
+
 def compute_metrics(
     generated: dict[str, torch.Tensor],
     real: dict[str, torch.Tensor],
     layers: dict[str, str],
     kid_subset_size: int = 1000,
     kid_subsets: int = 100,
+    real_statistics: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """torch-fidelity's metrics between generated and real features (FID/KID/PRC) or of generated alone (IS).
 
     Returns keys ``fid``, ``kid`` and ``kid_std``, ``isc`` and ``isc_std``, ``precision``, ``recall``
     and ``f_score`` for the metrics in ``layers``. KID's subset size is capped at the smaller set.
+    ``real_statistics`` (:func:`fid_statistics` of the real FID features) spares recomputing the
+    real set's covariance at every evaluation.
     """
     out: dict[str, float] = {}
     if "fid" in layers:
-        layer = layers["fid"]
-        stats = [fid_features_to_statistics(features[layer]) for features in (generated, real)]
-        out["fid"] = fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"]
+        real_statistics = real_statistics or fid_statistics(real[layers["fid"]])
+        generated_statistics = fid_statistics(generated[layers["fid"]])
+        out["fid"] = fid_statistics_to_metric(generated_statistics, real_statistics, verbose=False)[
+            "frechet_inception_distance"
+        ]
     if "kid" in layers:
         layer = layers["kid"]
         size = min(kid_subset_size, len(generated[layer]), len(real[layer]))

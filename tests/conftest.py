@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from m2gan.data import ShapesDataModule
+from m2gan.data import CaptionDataModule
 from m2gan.model import M2GAN
 
 TINY_MODEL = dict(
@@ -31,8 +31,8 @@ def _isolated(monkeypatch, tmp_path, m2gan_cache):
 
 
 @pytest.fixture
-def datamodule() -> ShapesDataModule:
-    return ShapesDataModule(batch_size=8, train_size=64, val_size=16, test_size=16, tokenizer_fit_size=300)
+def datamodule() -> CaptionDataModule:
+    return CaptionDataModule(batch_size=8, train_size=64, val_size=16, test_size=16, tokenizer_fit_size=300)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from m2gan.data import ShapesDataModule
+from m2gan.data import CaptionDataModule
 from m2gan.model import M2GAN
 from tests.conftest import TINY_MODEL
 
@@ -90,7 +90,7 @@ def test_gradient_penalties_train_without_error(datamodule, penalty):
 
 
 def test_wrong_tokenizer_is_refused(tiny_model):
-    other = ShapesDataModule(max_length=12, tokenizer_fit_size=50).tokenizer
+    other = CaptionDataModule(max_length=12, tokenizer_fit_size=50).tokenizer
     with pytest.raises(ValueError, match="does not fit"):
         tiny_model.set_tokenizer(other)
 
@@ -208,3 +208,19 @@ def test_non_square_image_tensors_are_centre_cropped_like_files():
 
     images = torch.rand(1, 3, 32, 48) * 2 - 1
     torch.testing.assert_close(prepare_images(images, 32), images[..., 8:40])
+
+
+def test_ema_averages_parameters_and_copies_buffers(tiny_model):
+    from m2gan.ema import update_ema
+
+    # BatchNorm-type buffers are running statistics of the *current* network: averaging them with
+    # stale ones would mismatch the averaged weights, so they are copied (as StyleGAN2-ADA does).
+    current, average = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    current.weight.data.fill_(1.0), average.weight.data.fill_(0.0)
+    current.running_mean.fill_(5.0)
+    update_ema(average, current, beta=0.75)
+    torch.testing.assert_close(average.weight.data, torch.full((3,), 0.25))
+    torch.testing.assert_close(average.running_mean, torch.full((3,), 5.0))
+    # Only the generator side is averaged; the discriminator has no EMA copy.
+    averaged = {name for name, _ in tiny_model.named_children() if name.endswith("_ema")}
+    assert averaged == {"generator_ema", "text_encoder_ema", "captioner_ema"}

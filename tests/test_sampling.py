@@ -20,10 +20,10 @@ from tests.conftest import TINY_MODEL
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
-    from m2gan.data import ShapesDataModule
+    from m2gan.data import CaptionDataModule
 
     torch.manual_seed(0)
-    datamodule = ShapesDataModule(batch_size=8, train_size=16, val_size=8, test_size=8, tokenizer_fit_size=300)
+    datamodule = CaptionDataModule(batch_size=8, train_size=16, val_size=8, test_size=8, tokenizer_fit_size=300)
     model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
     trainer = pl.Trainer(
         max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from m2gan.data import ShapesDataModule, ShapesDataset
+from m2gan.data import CaptionDataModule, ShapesDataset
 from m2gan.data.shapes import _PLACES, _RELATIONS, _SYNONYMS, COLOURS, COLS, ROWS, SHAPES, SIZES
 
 
@@ -96,5 +96,5 @@ def test_datamodule_batches_are_tokenised(datamodule):
     assert batch["tokens"].shape == (8, datamodule.max_length)
     assert datamodule.tokenizer.decode(batch["tokens"][0]) == batch["caption"][0].lower()
     # The same data config always fits the same vocabulary (resume and sampling rely on it).
-    same_config = ShapesDataModule(batch_size=8, train_size=64, val_size=16, test_size=16, tokenizer_fit_size=300)
+    same_config = CaptionDataModule(batch_size=8, train_size=64, val_size=16, test_size=16, tokenizer_fit_size=300)
     assert same_config.tokenizer == datamodule.tokenizer

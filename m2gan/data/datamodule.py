@@ -1,40 +1,67 @@
-"""Lightning data module for the built-in shapes data."""
+"""The Lightning data module: every image–caption format behind one interface."""
 
 from __future__ import annotations
 
 import functools
+import itertools
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info
-from torch.utils.data import DataLoader
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, IterableDataset
 
+from m2gan.data.captioned import CaptionedImages, Problems, verify_images
+from m2gan.data.formats import coco_records, cub_records, folder_records
 from m2gan.data.shapes import ShapesDataset
 from m2gan.prompts import PromptDataset, read_prompts
 from m2gan.tokenizer import CaptionTokenizer
 
+DataFormat = Literal["shapes", "coco", "cub", "folder", "webdataset"]
 
-class ShapesDataModule(pl.LightningDataModule):
-    """Serves tokenised batches of the procedural shapes dataset.
+
+class CaptionDataModule(pl.LightningDataModule):
+    """Serves tokenised image–caption batches of any supported format (``format``).
 
     Each batch is a dict: ``image`` (B, 3, H, W) float in [-1, 1], ``tokens`` (B, max_length) long,
     ``caption`` list of B strings, ``index`` (B,) long (the samples' dataset indices). Validation and
-    test batches also hold ``references``: for each image, ``num_references`` captions (the first is
-    ``caption``), for caption metrics such as BLEU. The tokenizer is fitted on training captions when the module is
-    built, so its vocabulary size is known before the model is (LightningCLI links it).
+    test batches also hold ``references``: each image's reference captions (up to
+    ``num_references``; the first is ``caption``), for caption metrics such as BLEU. The tokenizer is
+    fitted on *training* captions when the module is built, so its vocabulary size is known before
+    the model is (LightningCLI links it) and no validation text leaks into it.
+
+    Formats (see :mod:`m2gan.data.formats` and :mod:`m2gan.data.shards` for the layouts):
+    ``shapes`` (built in, procedural), ``coco``, ``cub``, ``folder`` (images + metadata.jsonl/csv or
+    .txt files) and ``webdataset`` (tar shards, streamed). Samples that cannot be used (corrupt or
+    missing images, empty captions, …) are skipped and counted; the count is logged once here, and
+    a dataset with nothing usable fails here with the path and the first problems.
 
     Args:
+        format: Which data to read.
+        root: Dataset folder (``coco``, ``cub``, ``folder``).
+        train_shards: ``webdataset`` training shards, brace patterns allowed (``data/{000..099}.tar``).
+        val_shards: ``webdataset`` validation shards (read into memory once; also the test split).
         resolution: Image side in pixels (a power of two from 32 to 256 for the default networks).
         batch_size: Images per training batch.
-        train_size: Images in one training epoch (a virtual length; nothing is stored).
-        val_size: Images in the validation split.
-        test_size: Images in the test split.
-        two_object_prob: Probability that a scene holds two objects.
+        train_size: ``shapes``: images in one training epoch (a virtual length; nothing is stored).
+        val_size: ``shapes``: images in the validation split.
+        test_size: ``shapes``: images in the test split.
+        two_object_prob: ``shapes``: probability that a scene holds two objects.
+        seed: ``shapes``: dataset seed; the same seed gives the same images and captions.
+        augment: Real data: random crop and a random caption per visit for training (evaluation
+            splits always use a centre crop and the first caption).
+        flip: Real data, with ``augment``: mirror half the training images (off by default: captions
+            may say "left" and "right").
+        crop_to_box: ``cub``: crop each bird to its bounding box.
+        val_fraction: ``folder`` without split sub-folders: share of files hashed into validation.
+        test_fraction: ``folder`` without split sub-folders: share hashed into test.
+        verify_images: Real data: decode every image once at setup and skip those that fail (costs
+            about a millisecond per image); when off, they are skipped when first read.
         max_length: Tokens per caption, ``[BOS]``/``[EOS]`` included; longer captions are truncated.
-        tokenizer_fit_size: Training captions read to build the vocabulary.
+        tokenizer_fit_size: Training images (shapes, shards: captions) whose captions build the vocabulary.
+        min_word_frequency: Words seen fewer times in those captions become ``[UNK]``.
         num_references: Reference captions per validation/test image (COCO has 5).
-        num_workers: Data-loader worker processes (0 renders in the training process).
-        seed: Dataset seed; the same seed gives the same images and captions.
+        num_workers: Data-loader worker processes (0 loads in the training process).
         predict_prompts: For ``train.py predict``: a text file of prompts, one per line.
         predict_num_images: For ``train.py predict``: images per prompt.
         predict_seed: For ``train.py predict``: noise seed of the first image (row ``r`` uses ``predict_seed + r``).
@@ -42,17 +69,28 @@ class ShapesDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
+        format: DataFormat = "shapes",
+        root: str | None = None,
+        train_shards: str | None = None,
+        val_shards: str | None = None,
         resolution: int = 32,
         batch_size: int = 32,
         train_size: int = 100_000,
         val_size: int = 512,
         test_size: int = 512,
         two_object_prob: float = 0.25,
+        seed: int = 0,
+        augment: bool = True,
+        flip: bool = False,
+        crop_to_box: bool = True,
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        verify_images: bool = True,
         max_length: int = 24,
         tokenizer_fit_size: int = 2_000,
+        min_word_frequency: int = 1,
         num_references: int = 5,
         num_workers: int = 0,
-        seed: int = 0,
         predict_prompts: str | None = None,
         predict_num_images: int = 1,
         predict_seed: int = 0,
@@ -65,13 +103,71 @@ class ShapesDataModule(pl.LightningDataModule):
         if num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
-        self.datasets = {
-            split: ShapesDataset(split, size, resolution, seed, two_object_prob)
-            for split, size in (("train", train_size), ("val", val_size), ("test", test_size))
-        }
+        self.skipped_at_load = 0
+        self.datasets = self._build_datasets()
         train = self.datasets["train"]
-        fit_captions = (train.caption(i) for i in range(min(tokenizer_fit_size, train_size)))
-        self.tokenizer = CaptionTokenizer.fit(fit_captions, max_length=max_length)
+        if isinstance(train, IterableDataset):
+            fit_captions = (s["caption"] for s in itertools.islice(iter(train), tokenizer_fit_size))
+        elif isinstance(train, CaptionedImages):  # every caption of the first images
+            fit_captions = (c for record in train.records[:tokenizer_fit_size] for c in record.captions)
+        else:
+            fit_captions = (train.caption(i) for i in range(min(tokenizer_fit_size, len(train))))
+        self.tokenizer = CaptionTokenizer.fit(fit_captions, max_length=max_length, min_frequency=min_word_frequency)
+
+    def _build_datasets(self) -> dict:
+        hp = self.hparams
+        self.problems = problems = Problems()
+        if hp.format == "shapes":
+            sizes = (("train", hp.train_size), ("val", hp.val_size), ("test", hp.test_size))
+            return {
+                split: ShapesDataset(split, size, hp.resolution, hp.seed, hp.two_object_prob) for split, size in sizes
+            }
+        if hp.format == "webdataset":
+            from m2gan.data.shards import CaptionShards, ShardSamples
+
+            if not hp.train_shards or not hp.val_shards:
+                raise ValueError("data.format webdataset needs data.train_shards and data.val_shards")
+            val = ShardSamples(hp.val_shards, hp.resolution, problems)
+            datasets = {
+                "train": CaptionShards(hp.train_shards, hp.resolution, hp.augment, hp.flip),
+                "val": val,
+                "test": val,
+            }
+            where, sizes = hp.val_shards, {"val": len(val)}
+        else:
+            if not hp.root:
+                raise ValueError(f"data.format {hp.format} needs data.root (the dataset folder)")
+            if hp.format == "coco":
+                splits = coco_records(hp.root, problems)
+            elif hp.format == "cub":
+                splits = cub_records(hp.root, problems, hp.crop_to_box)
+            else:
+                splits = folder_records(hp.root, problems, hp.val_fraction, hp.test_fraction)
+            if hp.verify_images:
+                checked: dict[int, list] = {}  # a split may alias another (COCO's test is its val): verify once
+                for split, records in splits.items():
+                    if id(records) not in checked:
+                        checked[id(records)] = verify_images(records, hp.resolution, problems)
+                    splits[split] = checked[id(records)]
+            datasets, built = {}, {}
+            for split, records in splits.items():
+                if id(records) not in built:
+                    augment = hp.augment and split == "train"
+                    name = f"{hp.format}:{hp.root}:{split}"
+                    built[id(records)] = CaptionedImages(records, hp.resolution, name, augment, hp.flip)
+                datasets[split] = built[id(records)]
+            where, sizes = hp.root, {split: len(d) for split, d in datasets.items()}
+        empty = [split for split, n in sizes.items() if n == 0]
+        if empty:
+            raise ValueError(
+                f"{where}: no usable {'/'.join(empty)} samples ({hp.format} format)"
+                + (f"; problems: {problems.summary()}" if problems.total else "")
+            )
+        counts = ", ".join(f"{n} {split}" for split, n in sizes.items())
+        rank_zero_info(f"{hp.format} data at {where}: {counts} images")
+        if problems.total:
+            rank_zero_warn(f"{where}: skipped {problems.total} bad samples: {problems.summary()}")
+        return datasets
 
     @property
     def vocab_size(self) -> int:
@@ -83,8 +179,15 @@ class ShapesDataModule(pl.LightningDataModule):
         """Tokens per encoded caption."""
         return self.tokenizer.max_length
 
-    def collate(self, samples: list[dict], split: str = "train") -> dict:
-        """Stack images and tokenise captions into one batch of ``split``."""
+    def collate(self, samples: list[dict | None], split: str = "train") -> dict:
+        """Stack images and tokenise captions into one batch of ``split``; drop samples that failed to load."""
+        kept = [s for s in samples if s is not None]
+        if len(kept) < len(samples):
+            self.skipped_at_load += len(samples) - len(kept)
+            rank_zero_warn(f"{self.skipped_at_load} {split} images could not be read and were skipped so far")
+        if not kept:
+            raise RuntimeError(f"a whole {split} batch of images could not be read")
+        samples = kept
         captions = [s["caption"] for s in samples]
         batch = {
             "image": torch.stack([s["image"] for s in samples]),
@@ -98,10 +201,11 @@ class ShapesDataModule(pl.LightningDataModule):
         return batch
 
     def _loader(self, split: str, shuffle: bool, drop_last: bool) -> DataLoader:
+        dataset = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and not isinstance(dataset, IterableDataset),
             drop_last=drop_last,
             num_workers=self.hparams.num_workers,
             collate_fn=functools.partial(self.collate, split=split),

@@ -1,0 +1,150 @@
+"""Image–caption datasets on disk: one record type, one dataset class, one account of bad samples.
+
+Every on-disk format (:mod:`m2gan.data.formats`) reduces to a list of :class:`Record` — an image
+file, all its captions, optionally a crop box — plus a :class:`Problems` account of what it had to
+skip. :class:`CaptionedImages` turns records into the samples the data module batches, with the
+same keys as the built-in shapes data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from m2gan.images import decode_image, resize_and_crop
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One image and everything said about it.
+
+    Attributes:
+        image: Path of the image file.
+        captions: All its non-empty captions (one is drawn per epoch; all are BLEU references).
+        box: Optional crop (x, y, width, height) in pixels of the original image, e.g. CUB's bird box.
+    """
+
+    image: str
+    captions: tuple[str, ...]
+    box: tuple[float, float, float, float] | None = None
+
+
+class Problems:
+    """Counts of skipped samples by reason, with the first few examples of each (for messages)."""
+
+    def __init__(self, examples: int = 3) -> None:
+        self.counts: Counter[str] = Counter()
+        self.examples: dict[str, list[str]] = {}
+        self._keep = examples
+
+    def add(self, reason: str, where: str) -> None:
+        """Record one skipped sample: why, and which file or entry."""
+        self.counts[reason] += 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < self._keep:
+            shown.append(where)
+
+    @property
+    def total(self) -> int:
+        """Skipped samples of all reasons."""
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        """One line per reason: count and examples."""
+        return "; ".join(f"{n} {reason} (e.g. {', '.join(self.examples[reason])})" for reason, n in self.counts.items())
+
+
+def clean_captions(captions, where: str, problems: Problems) -> tuple[str, ...]:
+    """Strip captions and drop empty ones (each counted as a problem)."""
+    kept = []
+    for caption in captions:
+        text = " ".join(str(caption).split())
+        if text:
+            kept.append(text)
+        else:
+            problems.add("empty captions", where)
+    return tuple(kept)
+
+
+def verify_images(records: list[Record], resolution: int, problems: Problems, threads: int = 8) -> list[Record]:
+    """Decode every image once (JPEGs at reduced scale) and drop those that fail, counting them.
+
+    Threads help because PIL releases the GIL while decoding.
+    """
+
+    def readable(record: Record) -> str | None:
+        try:
+            decode_image(record.image, resolution, record.box)
+            return None
+        except ValueError as error:
+            return str(error)
+
+    with ThreadPoolExecutor(threads) as pool:
+        errors = list(pool.map(readable, records))
+    kept = []
+    for record, error in zip(records, errors):
+        if error is None:
+            kept.append(record)
+        else:
+            problems.add("unreadable images", error)
+    return kept
+
+
+class CaptionedImages(Dataset):
+    """Records as training samples: ``{"image": (3, R, R) in [-1, 1], "caption": str, "index": int}``.
+
+    With ``augment`` one caption per image is drawn at each visit, and the crop and flip, from
+    torch's random state — which Lightning seeds per worker and epoch (``seed_everything(...,
+    workers=True)``), so runs repeat. An image that fails to load now (it passed verification,
+    or verification was off) is returned as None and dropped by the data module's collate
+    function, which counts it.
+
+    Args:
+        records: The split's records.
+        resolution: Output side in pixels.
+        name: What the samples are, for :attr:`fingerprint` (e.g. ``"coco:/data/coco:val"``).
+        augment: Draw a random caption per visit, crop at random (training); False: the first
+            caption and a centre crop (evaluation).
+        flip: With ``augment``, mirror half the images.
+    """
+
+    def __init__(
+        self, records: list[Record], resolution: int, name: str, augment: bool = False, flip: bool = False
+    ) -> None:
+        self.records, self.resolution, self.name = records, resolution, name
+        self.augment, self.flip = augment, flip
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def fingerprint(self) -> str:
+        """What the samples depend on; caches of derived data (FID's real features) are keyed by it."""
+        return f"{self.name}:n={len(self.records)}:res={self.resolution}:augment={self.augment}"
+
+    def caption(self, index: int) -> str:
+        """The caption of sample ``index`` used for evaluation and tokenizer fitting: its first."""
+        return self.records[index].captions[0]
+
+    def references(self, index: int, count: int | None = None) -> list[str]:
+        """All captions of sample ``index`` (the first ``count`` if given), for caption metrics."""
+        captions = list(self.records[index].captions)
+        return captions[:count] if count else captions
+
+    def __getitem__(self, index: int) -> dict | None:
+        record = self.records[index]
+        try:
+            image = decode_image(record.image, self.resolution, record.box)
+        except ValueError:
+            return None
+        caption, rng = record.captions[0], None
+        if self.augment:
+            caption = record.captions[int(torch.randint(len(record.captions), ()))]
+            rng = np.random.default_rng(int(torch.randint(2**62, ())))
+        pixels = resize_and_crop(image, self.resolution, rng, self.flip)
+        return {"image": pixels, "caption": caption, "index": index}
