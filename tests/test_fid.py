@@ -248,3 +248,23 @@ def test_attribute_accuracy_reads_back_real_images(tmp_path, datamodule, judge_w
     assert set(scores[False]) == {f"val/attr_acc/{n}" for n in ("shape", "colour", "size", "position")}
     assert scores[False]["val/attr_acc/colour"] >= 0.9 and scores[False]["val/attr_acc/position"] >= 0.9
     assert scores[True]["val/attr_acc/position"] < 0.5  # images that do not match their captions score low
+
+
+def _gather_in_process(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    # Rank r holds samples r, r + 2, …; the last one is repeated on both ranks, as a padding sampler does.
+    indices = [*range(rank, 5, world_size), 4]
+    rows = fid.gather_by_index(
+        indices, {"x": torch.tensor([[float(i)] for i in indices]), "name": [f"s{i}" for i in indices]}
+    )
+    torch.save({"x": rows["x"], "name": rows["name"]}, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_gather_by_index_across_two_processes(tmp_path):
+    torch.multiprocessing.spawn(
+        _gather_in_process, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True
+    )
+    for rank in (0, 1):
+        rows = torch.load(tmp_path / f"rank{rank}.pt")
+        assert rows["x"].flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0] and rows["name"] == [f"s{i}" for i in range(5)]
