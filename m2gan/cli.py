@@ -97,7 +97,7 @@ def main(default_config: str, args: list[str] | None = None) -> M2GANCLI | None:
         print(USAGE)
         return None
     from m2gan.data import CaptionDataModule
-    from m2gan.model import M2GAN, CheckpointMismatch
+    from m2gan.model import M2GAN, CheckpointMismatch, DivergenceError
 
     defaults = {"default_config_files": [default_config]}
     try:
@@ -115,7 +115,7 @@ def main(default_config: str, args: list[str] | None = None) -> M2GANCLI | None:
         first_line = str(error).splitlines()[0]
         print(f"error: refused to load the checkpoint: it needs arbitrary unpickling ({first_line})", file=sys.stderr)
         sys.exit(1)
-    except CheckpointMismatch as error:
+    except (CheckpointMismatch, DivergenceError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     except RuntimeError as error:

@@ -71,7 +71,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: not an M2GAN checkpoint (no model settings or tokenizer in it)")
     hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
     model = _build(path, hparams, CaptionTokenizer.from_json(checkpoint[TOKENIZER_KEY]))
-    _load_weights(path, model, checkpoint.get("state_dict", {}), strict_modules=None)
+    state = checkpoint.get("state_dict", {})
+    model.add_missing_counters(state)
+    _load_weights(path, model, state, strict_modules=None)
     return model.to(map_location).eval()
 
 

@@ -45,6 +45,10 @@ class CheckpointMismatch(ValueError):
     """A checkpoint that does not belong to this model or data configuration."""
 
 
+class DivergenceError(RuntimeError):
+    """Training produced non-finite losses or gradients for too many consecutive steps."""
+
+
 class TextBatch(NamedTuple):
     """What the discriminator step hands the generator step about a batch's captions."""
 
@@ -109,6 +113,10 @@ class M2GAN(pl.LightningModule):
         grad_clip: Clip each network's gradient norm to this value before its step; None = off.
             (Under ``16-mixed`` precision the clipped gradients are still loss-scaled; prefer
             ``bf16-mixed``, which has no scaler.)
+        max_bad_steps: Divergence guard: a step whose loss or gradients are not finite is skipped
+            (nothing reaches the weights or the optimizer state) and counted
+            (``train/skipped_steps``); after this many consecutive skipped steps of one network,
+            training stops with :class:`DivergenceError` naming the step and the loss.
         captioner_width: Width of the captioner's image tokens, word embeddings and decoder.
         captioner_layers: Transformer decoder layers of the captioner.
         captioner_channels: Channels of the captioner's image encoder at full resolution.
@@ -154,6 +162,7 @@ class M2GAN(pl.LightningModule):
         lr_d: float = 1e-3,
         betas: tuple[float, float] = (0.0, 0.99),
         grad_clip: float | None = None,
+        max_bad_steps: int = 20,
         captioner_width: int = 64,
         captioner_layers: int = 2,
         captioner_channels: int = 16,
@@ -179,7 +188,8 @@ class M2GAN(pl.LightningModule):
         for name, value in positive:
             if value <= 0:
                 raise ValueError(f"model.{name} must be positive, got {value}")
-        for name, value in (("n_critic", n_critic), ("gp_interval", gp_interval), ("vocab_size", vocab_size)):
+        integers = (("n_critic", n_critic), ("gp_interval", gp_interval), ("vocab_size", vocab_size))
+        for name, value in (*integers, ("max_bad_steps", max_bad_steps)):
             if value < 1:
                 raise ValueError(f"model.{name} must be at least 1, got {value}")
         if cycle_weight > 0 and caption_weight <= 0:
@@ -208,6 +218,9 @@ class M2GAN(pl.LightningModule):
         # Counters live in buffers so they travel in checkpoints (lazy-penalty phase, EMA ramp-up).
         self.register_buffer("d_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("g_steps", torch.zeros((), dtype=torch.long))
+        # Divergence guard: all skipped steps, and the current run of consecutive ones per network.
+        self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("bad_run", torch.zeros(2, dtype=torch.long))  # (discriminator, generator)
         self.tokenizer: CaptionTokenizer | None = None
         # True when loaded from an export, which holds only the EMA networks.
         self.ema_only = False
@@ -233,7 +246,13 @@ class M2GAN(pl.LightningModule):
         if self.tokenizer is not None:
             checkpoint[TOKENIZER_KEY] = self.tokenizer.to_json()
 
+    def add_missing_counters(self, state_dict: dict) -> None:
+        """Give a state dict written before the divergence-guard counters existed those counters at zero."""
+        for name in ("skipped_steps", "bad_run"):
+            state_dict.setdefault(name, torch.zeros_like(getattr(self, name)))
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.add_missing_counters(checkpoint.setdefault("state_dict", {}))
         if TOKENIZER_KEY not in checkpoint:
             raise CheckpointMismatch("checkpoint holds no tokenizer: it was not written by M2GAN")
         try:
@@ -339,7 +358,7 @@ class M2GAN(pl.LightningModule):
                     penalty = hp.gp_weight * losses.matching_aware_gradient_penalty(real_logits, images, sentence)
                 loss = loss + hp.gp_interval * penalty
                 logs["train/gradient_penalty"] = penalty.detach()
-            self._optimizer_step(opt_d, loss)
+            self._optimizer_step(opt_d, loss, "discriminator")
         self.d_steps += 1
         with torch.no_grad():
             logs["train/d_loss"] = loss.detach()
@@ -397,7 +416,7 @@ class M2GAN(pl.LightningModule):
                 caption_adversarial = losses.g_adversarial(sampled_logits, hp.adversarial_loss)
                 loss = loss + hp.caption_adversarial_weight * caption_adversarial
                 logs["train/caption_adv"] = caption_adversarial.detach()
-            self._optimizer_step(opt_g, loss)
+            self._optimizer_step(opt_g, loss, "generator")
         self.g_steps += 1
         logs["train/g_loss"] = loss.detach()
         self.log_dict(logs, prog_bar=False)
@@ -411,9 +430,29 @@ class M2GAN(pl.LightningModule):
         update_ema(self.text_encoder_ema, self.text_encoder, beta)
         update_ema(self.captioner_ema, self.captioner, beta)
 
-    def _optimizer_step(self, optimizer, loss: torch.Tensor) -> None:
+    def _optimizer_step(self, optimizer, loss: torch.Tensor, player: str) -> None:
+        """Backward, clip and step — unless the loss or a gradient is not finite (then skip and count)."""
         optimizer.zero_grad(set_to_none=True)
+        # Backward runs even for a non-finite loss: under DDP every rank must join the gradient
+        # all-reduce, and the reduced gradients then carry the NaN to every rank alike, so all
+        # ranks take the same decision below.
         self.manual_backward(loss)
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = torch.isfinite(loss) & torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        which = 0 if player == "discriminator" else 1
+        if not finite:
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.bad_run[which] += 1
+            self.log("train/skipped_steps", self.skipped_steps.float(), prog_bar=False)
+            if int(self.bad_run[which]) >= self.hparams.max_bad_steps:
+                raise DivergenceError(
+                    f"training diverged: {int(self.bad_run[which])} consecutive {player} steps with a non-finite "
+                    f"loss or gradient, the last at batch {int(self.d_steps)} (loss {loss.item()}); "
+                    "the last checkpoint holds the weights from before it"
+                )
+            return
+        self.bad_run[which] = 0
         if self.hparams.grad_clip is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         optimizer.step()
