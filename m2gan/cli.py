@@ -10,7 +10,9 @@ import warnings
 import torch
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from m2gan.checkpoint_io import AtomicCheckpointIO
 from m2gan.loggers import run_dir
 
 USAGE = """\
@@ -77,6 +79,8 @@ class M2GANCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own plugin
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         logger = trainer.logger
         if isinstance(logger, WandbLogger):
             try:
