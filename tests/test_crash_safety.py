@@ -32,6 +32,7 @@ def test_a_failed_write_leaves_the_previous_file_and_no_debris(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path):
     ckpt = tmp_path / "ckpt"
     config = tmp_path / "slow.yaml"
