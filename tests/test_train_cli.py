@@ -129,3 +129,15 @@ def test_print_config_shows_the_default_job(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "class_path: callbacks.SampleGrid" in result.stdout
     assert "contrastive_weight_d" in result.stdout
+
+
+def test_wandb_api_key_never_lands_in_a_written_file(tmp_path):
+    secret = "0123456789abcdef-dummy-api-key-for-the-secret-scan"
+    result = run_train(["fit", *TINY, "--trainer.max_steps=4"], tmp_path, env={"WANDB_API_KEY": secret})
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".ckpt" for p in written) and any(p.name == "config.yaml" for p in written)
+    assert any(p.suffix == ".wandb" for p in written)
+    leaks = [str(p) for p in written if secret.encode() in p.read_bytes()]
+    assert not leaks, f"the API key was written to {leaks}"
+    assert secret not in result.stdout + result.stderr
