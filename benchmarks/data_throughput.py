@@ -35,6 +35,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 from PIL import Image
+from timing import BatchTimer  # benchmarks/timing.py
 
 from m2gan.data import CaptionDataModule
 from m2gan.model import M2GAN
@@ -139,24 +140,13 @@ def loader_rate(data: CaptionDataModule, repeats: int) -> float:
     return statistics.median(counts)
 
 
-class _BatchTimer(pl.Callback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.times.append(time.perf_counter() - self._start)
-
-
 def training_rate(data: CaptionDataModule, resolution: int, batches: int) -> float:
     """Images/s a training batch of the real-data configs' model consumes (data already in memory)."""
     config = yaml.safe_load((ROOT / "configs" / "coco.yaml").read_text())["model"]
     model = M2GAN(vocab_size=data.vocab_size, max_length=data.max_length, resolution=resolution, **config)
     model.set_tokenizer(data.tokenizer)
     batch = next(iter(data.train_dataloader()))
-    timer = _BatchTimer()
+    timer = BatchTimer()
     loader = torch.utils.data.DataLoader([batch] * batches, batch_size=None)  # the same batch, pre-loaded
     pl.Trainer(
         max_steps=2 * batches, limit_val_batches=0, logger=False, callbacks=[timer], enable_checkpointing=False,

@@ -28,13 +28,13 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 import torch_fidelity
 import yaml
+from timing import BatchTimer, interleaved_medians  # benchmarks/timing.py
 from torch.utils.data import Dataset
 
 from callbacks import FID
@@ -66,17 +66,6 @@ class _Images(Dataset):
         return self.images[i]
 
 
-class _BatchTimer(pl.Callback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.times.append(time.perf_counter() - self._start)
-
-
 def default_config() -> dict:
     config = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
     (fid_args,) = [c.get("init_args", {}) for c in config["trainer"]["callbacks"] if c["class_path"] == "callbacks.FID"]
@@ -103,18 +92,6 @@ def untrained_inception(path: str) -> str:
         model(torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8))
     torch.save(model.eval().state_dict(), path)
     return path
-
-
-def interleaved_medians(functions, repeats: int) -> list[tuple[float, object]]:
-    """(median seconds, last result) of each callable, timed in turn within every repeat: machine noise hits all alike."""
-    times: list[list[float]] = [[] for _ in functions]
-    results: list[object] = [None] * len(functions)
-    for _ in range(repeats):
-        for k, fn in enumerate(functions):
-            start = time.perf_counter()
-            results[k] = fn()
-            times[k].append(time.perf_counter() - start)
-    return [(statistics.median(bucket), result) for bucket, result in zip(times, results)]
 
 
 def compare(model, datamodule, callback: FID, repeats: int, cache: str) -> dict:
@@ -144,7 +121,7 @@ def compare(model, datamodule, callback: FID, repeats: int, cache: str) -> dict:
 
     bare()  # warm-up: torch-fidelity caches the real statistics
     (callback_seconds, values), (bare_seconds, bare_fid) = interleaved_medians(
-        [lambda: callback.evaluate(trainer, model), bare], repeats
+        [lambda: callback.evaluate(trainer, model), bare], repeats, warmup=False
     )
     name = callback.names["fid"]
     return {"name": name, "callback": callback_seconds, "bare": bare_seconds, "fid": values[name], "bare_fid": bare_fid}
@@ -161,7 +138,7 @@ def main() -> None:
     )  # fmt: skip
     model.set_tokenizer(datamodule.tokenizer)
 
-    timer = _BatchTimer()
+    timer = BatchTimer()
     pl.Trainer(
         max_steps=2 * args.train_batches, limit_val_batches=0, logger=False, callbacks=[timer],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import interleaved_medians  # benchmarks/timing.py
 
 from m2gan.data.shapes import ShapesDataset
 
@@ -63,19 +63,6 @@ def default_model_checkpoint(folder: str) -> str:
     return str(next(Path(folder).glob("m2gan/*/checkpoints/last.ckpt")))
 
 
-def interleaved_medians(functions, repeats: int) -> list[float]:
-    """Median seconds of each callable, timed in turn within every repeat so machine noise hits all alike."""
-    for fn in functions:  # warm-up
-        fn()
-    times: list[list[float]] = [[] for _ in functions]
-    for _ in range(repeats):
-        for fn, bucket in zip(functions, times):
-            start = time.perf_counter()
-            fn()
-            bucket.append(time.perf_counter() - start)
-    return [statistics.median(bucket) for bucket in times]
-
-
 def main() -> None:
     args = parse_args()
     repeats = 3 if args.quick else args.repeats
@@ -104,7 +91,7 @@ def main() -> None:
         def generate() -> None:
             model.generate(prompts, num_images=1, seed=0, batch_size=n)
 
-        bare, both, full = interleaved_medians([generator_only, networks, generate], repeats)
+        bare, both, full = (m for m, _ in interleaved_medians([generator_only, networks, generate], repeats))
 
         cold = subprocess.run(
             [sys.executable, "-c", COLD_START, checkpoint], capture_output=True, text=True, check=True
