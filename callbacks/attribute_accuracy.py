@@ -42,12 +42,8 @@ class AttributeAccuracy(pl.Callback):
     ) -> None:
         if num_samples < 1 or every_n_validations < 1 or batch_size < 1:
             raise ValueError("num_samples, every_n_validations and batch_size must be positive")
-        self.num_samples, self.every_n_validations, self.batch_size, self.seed = (
-            num_samples,
-            every_n_validations,
-            batch_size,
-            seed,
-        )
+        self.num_samples, self.every_n_validations = num_samples, every_n_validations
+        self.batch_size, self.seed = batch_size, seed
         self.judge_weights_path, self.cache_dir = judge_weights_path, cache_dir or str(cache_root())
         self.judge: torch.nn.Module | None = None
         self.enabled = True
@@ -56,7 +52,7 @@ class AttributeAccuracy(pl.Callback):
         self._labels: dict[str, torch.Tensor] = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.judge is None:
+        if self.judge is None and stage in ("fit", "validate"):  # the only stages that validate
             path = self.judge_weights_path or shared_judge_file(trainer, pl_module.hparams.resolution, self.cache_dir)
             self.judge, _ = load_judge(path)
 

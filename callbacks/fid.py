@@ -72,17 +72,10 @@ class FID(pl.Callback):
             raise ValueError("every_n_validations and batch_size must be positive")
         self.layers = fid.metric_layers(feature_extractor, metrics or ["fid"])
         self.num_samples, self.num_real = num_samples, num_real
-        self.extractor_name, self.weights_path, self.download = (
-            feature_extractor,
-            feature_extractor_weights_path,
-            download,
-        )
-        self.every_n_validations, self.batch_size, self.seed, self.truncation = (
-            every_n_validations,
-            batch_size,
-            seed,
-            truncation,
-        )
+        self.extractor_name, self.weights_path = feature_extractor, feature_extractor_weights_path
+        self.download = download
+        self.every_n_validations, self.batch_size = every_n_validations, batch_size
+        self.seed, self.truncation = seed, truncation
         self.kid_subset_size = kid_subset_size
         self.cache_dir = cache_dir or str(cache_root())
         self.names = fid.metric_names(feature_extractor, num_samples)
@@ -95,7 +88,7 @@ class FID(pl.Callback):
 
     # -- setup -----------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not self.enabled or self.extractor is not None:
+        if not self.enabled or self.extractor is not None or stage not in ("fit", "validate"):
             return
         try:
             path = self._weights(trainer, pl_module)

@@ -77,6 +77,27 @@ class M2GANCLI(LightningCLI):
             print(f"error: invalid configuration: {error}", file=sys.stderr)
             sys.exit(2)
 
+    def before_fit(self) -> None:
+        """Resolve ``--ckpt_path last`` to the newest ``last.ckpt`` of any run in the same project folder.
+
+        Each run writes into its own folder (``runs/<project>/<run id>``), so Lightning's own "last"
+        would look only into the new, empty one and start from scratch.
+        """
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") != "last":
+            return
+        project = os.path.dirname(os.path.abspath(run_dir(self.trainer)))
+        candidates = [
+            os.path.join(project, run, "checkpoints", "last.ckpt")
+            for run in (os.listdir(project) if os.path.isdir(project) else [])
+        ]
+        existing = [path for path in candidates if os.path.isfile(path)]
+        if not existing:
+            print(f"error: --ckpt_path last: no run under {project} has a last.ckpt to resume", file=sys.stderr)
+            sys.exit(1)
+        config["ckpt_path"] = max(existing, key=os.path.getmtime)
+        print(f"resuming from {config['ckpt_path']}", file=sys.stderr)
+
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own plugin

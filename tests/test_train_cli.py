@@ -141,3 +141,17 @@ def test_wandb_api_key_never_lands_in_a_written_file(tmp_path):
     leaks = [str(p) for p in written if secret.encode() in p.read_bytes()]
     assert not leaks, f"the API key was written to {leaks}"
     assert secret not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_ckpt_path_last_resumes_the_newest_run(tmp_path):
+    nothing = run_train(["fit", *TINY, "--ckpt_path=last"], tmp_path)
+    assert nothing.returncode == 1 and "no run under" in nothing.stderr and "Traceback" not in nothing.stderr
+    first = run_train(["fit", *TINY], tmp_path)  # one epoch: 4 batches
+    assert first.returncode == 0, first.stderr[-3000:]
+    (previous,) = checkpoints(tmp_path)
+    resumed = run_train(["fit", *TINY, "--ckpt_path=last", "--trainer.max_epochs=2"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {previous}" in resumed.stderr
+    newest = max(checkpoints(tmp_path), key=lambda p: p.stat().st_mtime)
+    assert newest != previous and int(M2GAN.load(newest).g_steps) == 8  # the second epoch on top of the first
