@@ -166,3 +166,16 @@ def test_caption_bleu_runs_every_n_validations(tmp_path):
         callback.on_validation_epoch_end(trainer, model)
         counts.append(len(model.logged))
     assert counts == [4, 0, 4, 0]
+
+
+def test_a_full_disk_for_sample_pngs_warns_and_training_goes_on(tmp_path, datamodule, tiny_model, monkeypatch):
+    import errno
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", no_space)
+    grid = SampleGrid(["a red circle at the left"], every_n_steps=2, num_images=2)
+    with pytest.warns(UserWarning, match="No space left on device"):
+        _trainer(tmp_path, [grid], batches=2).fit(tiny_model, datamodule)
+    assert int(tiny_model.g_steps) == 2  # both batches trained
