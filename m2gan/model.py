@@ -30,7 +30,7 @@ from typing import Literal, NamedTuple
 import pytorch_lightning as pl
 import torch
 
-from m2gan import decoding, losses
+from m2gan import decoding, losses, rng
 from m2gan.ema import ema_beta, update_ema
 from m2gan.images import ImageInput, prepare_images
 from m2gan.negatives import swap_one_word
@@ -39,6 +39,7 @@ from m2gan.networks.generator import check_resolution
 from m2gan.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, CaptionTokenizer
 
 TOKENIZER_KEY = "m2gan_tokenizer"
+RNG_KEY = "m2gan_rng_states"
 
 
 class CheckpointMismatch(ValueError):
@@ -198,6 +199,7 @@ class M2GAN(pl.LightningModule):
             )
         self.save_hyperparameters()
         self.automatic_optimization = False
+        self._rng_to_restore: dict | None = None
 
         self.text_encoder = TextEncoder(vocab_size, max_length, text_width, sentence_dim, text_layers)
         self.generator = Generator(resolution, noise_dim, sentence_dim, g_channels, max_channels)
@@ -245,6 +247,14 @@ class M2GAN(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.tokenizer is not None:
             checkpoint[TOKENIZER_KEY] = self.tokenizer.to_json()
+        trainer = self._trainer
+        if trainer is not None and trainer.training:  # between two training batches: the next one draws from here
+            checkpoint[RNG_KEY] = rng.capture()
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        if self._rng_to_restore is not None:
+            rng.restore(self._rng_to_restore)
+            self._rng_to_restore = None
 
     def add_missing_counters(self, state_dict: dict) -> None:
         """Give a state dict written before the divergence-guard counters existed those counters at zero."""
@@ -253,6 +263,9 @@ class M2GAN(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.add_missing_counters(checkpoint.setdefault("state_dict", {}))
+        # Restored right before the next training batch, not now: Lightning draws from the global
+        # RNG while it rebuilds the data loaders, which the uninterrupted run did at epoch start.
+        self._rng_to_restore = checkpoint.get(RNG_KEY)
         if TOKENIZER_KEY not in checkpoint:
             raise CheckpointMismatch("checkpoint holds no tokenizer: it was not written by M2GAN")
         try:
@@ -485,7 +498,10 @@ class M2GAN(pl.LightningModule):
         images, tokens = batch["image"], batch["tokens"]
         _, sentence = self.text_encoder(tokens)
         _, sentence_ema = self.text_encoder_ema(tokens)
-        fake = self.generator_ema(self.noise(images.shape[0]), sentence_ema)
+        # Noise seeded by the batch's first sample: validation never draws from the training RNG
+        # (exact resume) and gives the same numbers in every run and under any number of processes.
+        seed = int(batch["index"][0]) if "index" in batch else 0
+        fake = self.generator_ema(self.noise(images.shape[0], torch.Generator().manual_seed(seed)), sentence_ema)
         text_embedding = self.discriminator.embed_text(sentence)
         real = self.discriminator.features(images)
         real_logits = self.discriminator.score(real, text_embedding)

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from m2gan.data.captioned import CaptionedImages, Problems, verify_images
 from m2gan.data.formats import coco_records, cub_records, folder_records
+from m2gan.data.sampler import ResumableSampler
 from m2gan.data.shapes import ShapesDataset
 from m2gan.prompts import PromptDataset, read_prompts
 from m2gan.tokenizer import CaptionTokenizer
@@ -202,16 +203,33 @@ class CaptionDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool, drop_last: bool) -> DataLoader:
         dataset = self.datasets[split]
+        sampler = None
+        if shuffle and not isinstance(dataset, IterableDataset):
+            sampler = ResumableSampler(len(dataset), seed=self.hparams.seed, start=self._resumed_samples())
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle and not isinstance(dataset, IterableDataset),
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=self.hparams.num_workers,
             collate_fn=functools.partial(self.collate, split=split),
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.hparams.num_workers > 0,
         )
+
+    def _resumed_samples(self) -> int:
+        """Training samples of the current epoch already used by the run being resumed (0 when not resuming).
+
+        Lightning restores its loop progress before it asks for the training data loader, so the
+        completed batches of the interrupted epoch are known here.
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        # "processed", not "completed": a checkpoint saved in on_train_batch_end counts its batch only there.
+        completed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        per_epoch = len(self.datasets["train"]) // self.hparams.batch_size  # training drops the last partial batch
+        return completed * self.hparams.batch_size if completed < per_epoch else 0  # an ended epoch: start afresh
 
     def train_dataloader(self) -> DataLoader:
         # drop_last: the matching-aware loss pairs each image with another sample's caption.

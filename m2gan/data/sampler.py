@@ -1,0 +1,36 @@
+"""A shuffling sampler that can resume in the middle of an epoch."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Sampler
+
+
+class ResumableSampler(Sampler[int]):
+    """Shuffle ``size`` indices with a permutation seeded by ``(seed, epoch)``; optionally skip ahead.
+
+    The order depends on nothing but the seed and the epoch (Lightning calls :meth:`set_epoch`), not
+    on the global random state, so a resumed run draws the same permutation as the run it continues
+    and, with ``start``, picks up at the first sample it had not trained on.
+
+    Args:
+        size: Number of samples.
+        seed: Base seed of the permutations.
+        start: Samples of the first epoch iterated to skip (those an interrupted run already used).
+    """
+
+    def __init__(self, size: int, seed: int = 0, start: int = 0) -> None:
+        self.size, self.seed, self.start, self.epoch = size, seed, start, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use epoch ``epoch``'s permutation from the next iteration on."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        start, self.start = self.start, 0  # only the first iteration after a resume skips
+        yield from order[start:]
