@@ -7,6 +7,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 from callbacks.fid import shared_judge_file
+from callbacks.schedule import ValidationSchedule
 from m2gan.cache import cache_root
 from m2gan.shapes_judge import ATTRIBUTES, accuracy, attribute_labels, load_judge
 
@@ -40,14 +41,13 @@ class AttributeAccuracy(pl.Callback):
         seed: int = 0,
         cache_dir: str | None = None,
     ) -> None:
-        if num_samples < 1 or every_n_validations < 1 or batch_size < 1:
-            raise ValueError("num_samples, every_n_validations and batch_size must be positive")
-        self.num_samples, self.every_n_validations = num_samples, every_n_validations
+        if num_samples < 1 or batch_size < 1:
+            raise ValueError("num_samples and batch_size must be positive")
+        self.num_samples, self.schedule = num_samples, ValidationSchedule(every_n_validations)
         self.batch_size, self.seed = batch_size, seed
         self.judge_weights_path, self.cache_dir = judge_weights_path, cache_dir or str(cache_root())
         self.judge: torch.nn.Module | None = None
         self.enabled = True
-        self._validations = 0
         self._captions: list[str] = []
         self._labels: dict[str, torch.Tensor] = {}
 
@@ -57,10 +57,7 @@ class AttributeAccuracy(pl.Callback):
             self.judge, _ = load_judge(path)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not self.enabled:
-            return
-        self._validations += 1
-        if (self._validations - 1) % self.every_n_validations:
+        if not self.enabled or not self.schedule.due(trainer):
             return
         if not self._captions and not self._read_validation_set(trainer):
             return

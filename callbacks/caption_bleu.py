@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
 
+from callbacks.schedule import ValidationSchedule
 from m2gan.loggers import run_dir
 from m2gan.metrics import corpus_bleu
 
@@ -50,19 +51,14 @@ class CaptionBLEU(pl.Callback):
         num_table_images: int = 16,
         seed: int = 0,
     ) -> None:
-        if every_n_validations < 1:
-            raise ValueError(f"every_n_validations must be positive, got {every_n_validations}")
-        self.every_n_validations, self.num_beams, self.cycle = every_n_validations, num_beams, cycle
+        self.schedule, self.num_beams, self.cycle = ValidationSchedule(every_n_validations), num_beams, cycle
         self.num_table_images, self.seed = num_table_images, seed
-        self._validations = 0
         self._active = False
         self._rows: dict[int, dict] = {}
         self._table: list[dict] = []
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._active = not trainer.sanity_checking and self._validations % self.every_n_validations == 0
-        if not trainer.sanity_checking:
-            self._validations += 1
+        self._active = self.schedule.due(trainer)
         self._rows, self._table = {}, []
 
     def on_validation_batch_end(

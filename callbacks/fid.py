@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
+from callbacks.schedule import ValidationSchedule
 from m2gan import fid
 from m2gan.cache import cache_root
 from m2gan.shapes_judge import JudgeRecipe, judge_file
@@ -68,20 +69,19 @@ class FID(pl.Callback):
     ) -> None:
         if num_samples < 2 or (num_real is not None and num_real < 2):
             raise ValueError("FID needs at least 2 generated and 2 real images")
-        if every_n_validations < 1 or batch_size < 1:
-            raise ValueError("every_n_validations and batch_size must be positive")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.layers = fid.metric_layers(feature_extractor, metrics or ["fid"])
         self.num_samples, self.num_real = num_samples, num_real
         self.extractor_name, self.weights_path = feature_extractor, feature_extractor_weights_path
         self.download = download
-        self.every_n_validations, self.batch_size = every_n_validations, batch_size
+        self.schedule, self.batch_size = ValidationSchedule(every_n_validations), batch_size
         self.seed, self.truncation = seed, truncation
         self.kid_subset_size = kid_subset_size
         self.cache_dir = cache_dir or str(cache_root())
         self.names = fid.metric_names(feature_extractor, num_samples)
         self.extractor: torch.nn.Module | None = None
         self.enabled = True
-        self._validations = 0
         self._real: dict[str, torch.Tensor] | None = None
         self._real_statistics: dict | None = None
         self._captions: list[str] = []
@@ -114,10 +114,7 @@ class FID(pl.Callback):
 
     # -- evaluation ------------------------------------------------------------------------------
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not self.enabled:
-            return
-        self._validations += 1
-        if (self._validations - 1) % self.every_n_validations:
+        if not self.enabled or not self.schedule.due(trainer):
             return
         for name, value in self.evaluate(trainer, pl_module).items():
             pl_module.log(name, value, sync_dist=False)

@@ -1,0 +1,25 @@
+"""Which validation runs an evaluation callback takes part in."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+
+
+class ValidationSchedule:
+    """Counts real validation runs (sanity checks excluded); every ``every``-th one, the first included, is due.
+
+    Args:
+        every: Take part in every n-th validation run (1 = all).
+    """
+
+    def __init__(self, every: int = 1) -> None:
+        if every < 1:
+            raise ValueError(f"every_n_validations must be positive, got {every}")
+        self.every, self.count = every, 0
+
+    def due(self, trainer: pl.Trainer) -> bool:
+        """Call once per validation run; True when this one is due."""
+        if trainer.sanity_checking:
+            return False
+        self.count += 1
+        return (self.count - 1) % self.every == 0
