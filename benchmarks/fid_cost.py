@@ -38,9 +38,9 @@ from timing import BatchTimer, interleaved_medians  # benchmarks/timing.py
 from torch.utils.data import Dataset
 
 from callbacks import FID
-from callbacks.fid import to_uint8
 from m2gan import fid
 from m2gan.data import CaptionDataModule
+from m2gan.images import to_uint8
 from m2gan.model import M2GAN
 
 ROOT = Path(__file__).resolve().parent.parent

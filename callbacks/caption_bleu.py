@@ -11,6 +11,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from callbacks.schedule import ValidationSchedule
+from m2gan.images import to_uint8
 from m2gan.loggers import run_dir
 from m2gan.metrics import corpus_bleu
 
@@ -82,7 +83,7 @@ class CaptionBLEU(pl.Callback):
             refs = [normalise(r) for r in references[i]]
             self._rows[key] = {"caption": hypothesis, "cycle": cycle, "references": refs}
             if trainer.is_global_zero and len(self._table) < self.num_table_images:
-                image = ((images[i].float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+                image = to_uint8(images[i].cpu())
                 self._table.append({"index": index, "image": image, "caption": hypothesis, "references": refs})
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -11,6 +11,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from callbacks.schedule import ValidationSchedule
 from m2gan import fid
 from m2gan.cache import cache_root
+from m2gan.images import to_uint8
 from m2gan.shapes_judge import JudgeRecipe, judge_file
 
 
@@ -205,8 +206,3 @@ def shared_judge_file(trainer: pl.Trainer, resolution: int, cache_dir: str) -> s
         judge_file(recipe, cache_dir)
     trainer.strategy.barrier("shapes-judge")
     return str(judge_file(recipe, cache_dir))
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] (B, 3, H, W) → uint8, rounded the way ``M2GAN.generate`` rounds."""
-    return images.float().add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)

@@ -17,6 +17,11 @@ MIN_SIDE = 8
 ImageInput = str | os.PathLike | Image.Image
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] → uint8 in [0, 255], rounded as ``M2GAN.generate`` rounds (any shape)."""
+    return images.float().add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode as 8-bit RGB: 16-bit grey scaled down (not clipped), transparency over white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
