@@ -1,6 +1,9 @@
 """Does the default config learn text conditioning? Train it for a wall-clock budget, then judge.
 
 1. Train ``configs/default.yaml`` through ``train.py``'s CLI for ``--minutes`` of wall-clock time.
+   Several budgets (``--minutes 2 5 10``) share one run: the model's weights are snapshotted when
+   the training time passes each budget, and every snapshot is judged below (quality per
+   CPU-minute).
 2. Train an attribute classifier (the judge) on real single-object shapes images and report its
    accuracy on real validation images (it must be near 100% for its verdicts to mean anything).
 3. Draw one image with the EMA generator for each of ``--eval-images`` held-out captions (test
@@ -11,6 +14,7 @@
    images whose caption names exactly their colour and shape (read off the ground truth).
 
     python benchmarks/quality_shapes.py                  # 10 minutes of training
+    python benchmarks/quality_shapes.py --minutes 2 5 10 # quality after 2, 5 and 10 minutes, one run
     python benchmarks/quality_shapes.py --quick          # 1 minute, a smoke run
     python benchmarks/quality_shapes.py -- --model.cycle_weight 0   # extra CLI overrides
 """
@@ -23,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 
 from m2gan.cli import main as cli_main
@@ -36,7 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget")
+    parser.add_argument(
+        "--minutes", type=float, nargs="+", default=[10.0], help="wall-clock training budget(s); one run"
+    )
     parser.add_argument("--quick", action="store_true", help="1 minute of training, fewer judged images")
     parser.add_argument("--eval-images", type=int, default=1000, help="held-out captions to draw and judge")
     parser.add_argument("--bleu-images", type=int, default=512, help="validation images to caption for BLEU")
@@ -47,18 +54,41 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+class Snapshots(pl.Callback):
+    """Copies the model's weights when the training time first passes each budget (in minutes)."""
+
+    def __init__(self, minutes: list[float]) -> None:
+        self.budgets = sorted(minutes)
+        self.taken: list[tuple[float, int, dict]] = []  # (training seconds, batches, state dict)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        elapsed = time.perf_counter() - self.start
+        if len(self.taken) < len(self.budgets) and elapsed >= 60 * self.budgets[len(self.taken)]:
+            self.take(pl_module, elapsed)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        while len(self.taken) < len(self.budgets):  # the run stopped just before the last budget
+            self.take(pl_module, time.perf_counter() - self.start)
+
+    def take(self, pl_module, elapsed: float) -> None:
+        state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        self.taken.append((elapsed, int(pl_module.g_steps), state))
+
+
 def main() -> None:
     args = parse_args()
     if args.quick:
-        args.minutes, args.eval_images = min(args.minutes, 1.0), min(args.eval_images, 200)
+        args.minutes, args.eval_images = [min(min(args.minutes), 1.0)], min(args.eval_images, 200)
         args.bleu_images = min(args.bleu_images, 128)
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.out or tmp
-        seconds = int(round(args.minutes * 60))
+        seconds = int(round(max(args.minutes) * 60))
         budget = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
         os.environ.setdefault("WANDB_MODE", "offline")
-        start = time.perf_counter()
         cli = cli_main(
             args.config,
             [
@@ -68,13 +98,14 @@ def main() -> None:
                 "--trainer.max_epochs=-1",
                 f"--trainer.logger.init_args.save_dir={workdir}",
                 "--trainer.enable_progress_bar=false",
+                "--trainer.callbacks+=quality_shapes.Snapshots",
+                f"--trainer.callbacks.minutes={sorted(args.minutes)}",
                 *args.overrides,
             ],
         )
-        train_seconds = time.perf_counter() - start
         model = cli.model.cpu().eval()
         resolution = model.hparams.resolution
-        batches = int(model.g_steps)
+        snapshots = next(c for c in cli.trainer.callbacks if type(c).__name__ == "Snapshots").taken
 
     # The judge learns the attributes at the model's resolution, from its own slice of the data.
     start = time.perf_counter()
@@ -86,22 +117,37 @@ def main() -> None:
     test = ShapesDataset("test", args.eval_images, resolution, seed=args.seed, two_object_prob=0.0)
     captions = [test.caption(i) for i in range(args.eval_images)]
     labels = scene_labels(test, args.eval_images)
-    generated = torch.cat(
-        [model.generate(captions[i : i + 250], seed=args.seed + i) for i in range(0, len(captions), 250)]
-    )
-    generated_accuracy = accuracy(judge, generated, labels)
-    bleu, caption_accuracy = caption_quality(model, test, labels, args.bleu_images)
-    if args.out:
+    rows = []
+    for budget, (train_seconds, batches, state) in zip(sorted(args.minutes), snapshots):
+        model.load_state_dict(state)
+        generated = torch.cat(
+            [model.generate(captions[i : i + 250], seed=args.seed + i) for i in range(0, len(captions), 250)]
+        )
+        bleu, caption_accuracy = caption_quality(model, test, labels, args.bleu_images)
+        rows.append((budget, train_seconds, batches, accuracy(judge, generated, labels), bleu, caption_accuracy))
+    if args.out:  # samples of the longest run's weights (the last snapshot is loaded)
         grid = prompt_grid(model.generate(captions[:8], num_images=6, seed=args.seed), captions[:8], scale=3)
         grid.save(os.path.join(args.out, "judged_samples.png"))
 
     print(f"\nquality_shapes: {torch.get_num_threads()} threads, {os.cpu_count()} cores")
-    print(f"judge trained in {judge_seconds:.0f} s; training ran {train_seconds:.0f} s, {batches} batches")
-    print(f"{'attribute':<10} {'chance':>7} {'judge on real':>14} {'generated':>10}")
-    for name, classes in ATTRIBUTES.items():
-        print(f"{name:<10} {1 / classes:>7.1%} {judge_accuracy[name]:>14.1%} {generated_accuracy[name]:>10.1%}")
-    print(f"captions of {args.bleu_images} validation images: " + ", ".join(f"{k} {v:.3f}" for k, v in bleu.items()))
-    print(f"captions naming the right colour and shape ({args.eval_images} test images): {caption_accuracy:.1%}")
+    print(f"judge trained in {judge_seconds:.0f} s; its accuracy on real validation images: "
+          + ", ".join(f"{name} {judge_accuracy[name]:.1%}" for name in ATTRIBUTES))  # fmt: skip
+    print("chance: " + ", ".join(f"{name} {1 / classes:.1%}" for name, classes in ATTRIBUTES.items()))
+    for budget, train_seconds, batches, generated_accuracy, bleu, caption_accuracy in rows:
+        print(f"\nafter {budget:g} min (trained {train_seconds:.0f} s, {batches} batches):")
+        print(f"{'attribute':<10} {'chance':>7} {'judge on real':>14} {'generated':>10}")
+        for name, classes in ATTRIBUTES.items():
+            print(f"{name:<10} {1 / classes:>7.1%} {judge_accuracy[name]:>14.1%} {generated_accuracy[name]:>10.1%}")
+        print(
+            f"captions of {args.bleu_images} validation images: " + ", ".join(f"{k} {v:.3f}" for k, v in bleu.items())
+        )
+        print(f"captions naming the right colour and shape ({args.eval_images} test images): {caption_accuracy:.1%}")
+    if len(rows) > 1:
+        print(f"\n{'minutes':>7} {'batches':>8} " + " ".join(f"{name:>9}" for name in ATTRIBUTES)
+              + f" {'BLEU-4':>7} {'captions':>9}")  # fmt: skip
+        for budget, _, batches, generated_accuracy, bleu, caption_accuracy in rows:
+            print(f"{budget:>7g} {batches:>8} " + " ".join(f"{generated_accuracy[n]:>9.1%}" for n in ATTRIBUTES)
+                  + f" {bleu['bleu4']:>7.3f} {caption_accuracy:>9.1%}")  # fmt: skip
 
 
 def caption_quality(model, test: ShapesDataset, labels: dict, bleu_images: int) -> tuple[dict[str, float], float]:

@@ -134,6 +134,11 @@ class M2GAN(pl.LightningModule):
         captioner_betas: Adam betas of the captioner (a language model wants momentum, unlike GANs).
         ema_half_life_images: Half-life of the EMA generator's (and captioner's) weights, in training images.
         ema_rampup: Cap the EMA half-life at this fraction of the images seen so far; None = off.
+        channels_last: Keep convolution weights in channels-last (NHWC) memory layout, which
+            oneDNN on CPUs (and tensor cores on GPUs) run faster: the default config's training
+            batch took 0.81× the time of the contiguous layout on a 2-core CPU
+            (``benchmarks/efficiency.py``). Numerics differ from the contiguous layout only by
+            floating-point summation order.
     """
 
     def __init__(
@@ -176,6 +181,7 @@ class M2GAN(pl.LightningModule):
         captioner_betas: tuple[float, float] = (0.9, 0.99),
         ema_half_life_images: float = 10_000.0,
         ema_rampup: float | None = 0.05,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         check_resolution(resolution)
@@ -213,6 +219,8 @@ class M2GAN(pl.LightningModule):
             base_channels=captioner_channels,
             max_channels=max_channels,
         )
+        if channels_last:  # before the EMA copies, which inherit the layout
+            self.to(memory_format=torch.channels_last)
         # The sampling pipeline: EMA copies of generator, text encoder and captioner, never trained directly.
         self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
         self.text_encoder_ema = copy.deepcopy(self.text_encoder).requires_grad_(False)
@@ -567,7 +575,8 @@ class M2GAN(pl.LightningModule):
         chunks = [generator(z[i : i + step], sentence[i : i + step]) for i in range(0, z.shape[0], step)]
         images = chunks[0] if len(chunks) == 1 else torch.cat(chunks)  # (N, 3, H, W) in [-1, 1]
         # In place: sampling runs under inference mode, and each temporary would cost a full pass.
-        return images.float().add_(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).cpu()
+        images = images.float().add_(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).cpu()
+        return images.contiguous()  # a channels-last generator's output is NHWC in memory
 
     @torch.inference_mode()
     def predict_step(self, batch: dict, batch_idx: int) -> dict:

@@ -224,3 +224,28 @@ def test_ema_averages_parameters_and_copies_buffers(tiny_model):
     # Only the generator side is averaged; the discriminator has no EMA copy.
     averaged = {name for name, _ in tiny_model.named_children() if name.endswith("_ema")}
     assert averaged == {"generator_ema", "text_encoder_ema", "captioner_ema"}
+
+
+def test_channels_last_is_a_layout_not_a_different_model(datamodule):
+    """The default channels-last weights compute what contiguous ones do, and checkpoints move between them."""
+
+    def build(channels_last: bool) -> M2GAN:
+        torch.manual_seed(0)
+        model = M2GAN(
+            vocab_size=datamodule.vocab_size,
+            max_length=datamodule.max_length,
+            channels_last=channels_last,
+            **TINY_MODEL,
+        )
+        model.set_tokenizer(datamodule.tokenizer)
+        return model.eval()
+
+    nhwc, nchw = build(True), build(False)
+    conv = nhwc.generator.to_rgb.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert nchw.generator.to_rgb.weight.is_contiguous()
+    nchw.load_state_dict(nhwc.state_dict())  # values, not strides, travel in a state dict
+    prompts = ["a red circle at the left", "a small blue square at the top"]
+    a, b = nhwc.generate(prompts, num_images=2, seed=3), nchw.generate(prompts, num_images=2, seed=3)
+    assert a.is_contiguous()  # callers may .numpy() or save the rows without a copy
+    assert (a.int() - b.int()).abs().max() <= 1  # summation order may move a pixel by one level
