@@ -459,7 +459,10 @@ class M2GAN(pl.LightningModule):
         # ranks take the same decision below.
         self.manual_backward(loss)
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        finite = torch.isfinite(loss) & torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        # One fused foreach norm instead of an isfinite kernel per tensor: 3.5-5.3 ms -> 1.0 ms a
+        # batch on 2 CPU cores. The norm is NaN/inf when an entry is (or, harmlessly, when a
+        # gradient is so large, ~1e19, that its square overflows: such a step is skipped too).
+        finite = torch.isfinite(loss) & torch.isfinite(torch.nn.utils.get_total_norm(grads))
         which = 0 if player == "discriminator" else 1
         if not finite:
             optimizer.zero_grad(set_to_none=True)

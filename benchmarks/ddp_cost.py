@@ -1,0 +1,105 @@
+"""What does the DDP strategy cost per training step on this machine?
+
+Runs ``train.py fit`` on the default config for ``--batches`` batches (no validation) three ways,
+each in its own process tree, and times every training batch on rank 0 (:class:`StepClock`):
+
+1. one process, all cores (``torch`` default threads) — the single-process baseline;
+2. one process with ``OMP_NUM_THREADS=cores/2`` — the resources each DDP rank gets;
+3. ``ddp_find_unused_parameters_true`` with 2 CPU processes (gloo), which Lightning gives
+   ``cores/2`` threads each.
+
+Per-step time of (3) over (2) is the strategy's own cost (gradient all-reduce and the search for
+unused parameters) at equal per-process resources; (3) over (1) in images/s is what a user of a
+2-process CPU run gets against one process (each DDP rank draws its own batch of
+``data.batch_size``). Medians after ``--warmup`` batches.
+
+    python benchmarks/ddp_cost.py             # 120 batches per run, ~4 minutes on 2 cores
+    python benchmarks/ddp_cost.py --quick     # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+ROOT = Path(__file__).resolve().parent.parent
+DDP = ["--trainer.strategy=ddp_find_unused_parameters_true", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+RUN = """
+import sys
+sys.path.insert(0, {benchmarks!r})
+from m2gan.cli import main
+main({config!r}, sys.argv[1:])
+"""
+
+
+class StepClock(pl.Callback):
+    """Rank 0 writes the wall time of every training batch (start to start) to ``path`` as JSON."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.starts = path, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.starts.append(time.perf_counter())
+        if trainer.is_global_zero:
+            times = [b - a for a, b in zip(self.starts, self.starts[1:])]
+            Path(self.path).write_text(json.dumps({"times": times, "world_size": trainer.world_size}))
+
+
+def run(name: str, extra: list[str], env: dict, batches: int, workdir: str) -> dict:
+    """Train ``batches`` batches with ``extra`` arguments; return rank 0's batch times."""
+    out = os.path.join(workdir, f"{name}.json")
+    command = [
+        sys.executable, "-c", RUN.format(benchmarks=str(ROOT / "benchmarks"), config=str(ROOT / "configs" / "default.yaml")),
+        "fit", f"--trainer.max_steps={2 * batches}", "--trainer.limit_val_batches=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+=ddp_cost.StepClock", f"--trainer.callbacks.path={out}", *extra,
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=workdir, env={**os.environ, **env}, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
+    return json.loads(Path(out).read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, default=120)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="a few batches: a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.batches, args.warmup = 6, 2
+    cores = os.cpu_count() or 2
+    half = str(max(1, cores // 2))
+    with tempfile.TemporaryDirectory() as workdir:
+        runs = {
+            "one process, all threads": run("single", [], {}, args.batches, workdir),
+            f"one process, {half} thread(s)": run("single_half", [], {"OMP_NUM_THREADS": half}, args.batches, workdir),
+            "DDP, 2 processes": run("ddp", DDP, {}, args.batches, workdir),
+        }
+    batch_size = 32  # the default config's, per process
+    medians = {name: statistics.median(r["times"][args.warmup :]) for name, r in runs.items()}
+    single, equal, ddp = medians.values()
+    print(f"\nddp_cost: {cores} cores, default config, batch {batch_size} per process, {args.batches} batches "
+          f"per run, medians after {args.warmup}")  # fmt: skip
+    for (name, seconds), result in zip(medians.items(), runs.values()):
+        images = batch_size * result["world_size"] / seconds
+        print(f"{name:<28} {seconds * 1000:8.1f} ms/step  {images:7.1f} images/s")
+    print(f"DDP step time / one process at equal threads per process: {ddp / equal:.2f}x "
+          "(the strategy's cost: all-reduce + unused-parameter search)")
+    print(f"DDP images/s / one process with all cores: {(2 * single) / ddp:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
