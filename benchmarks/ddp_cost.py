@@ -60,8 +60,11 @@ class StepClock(pl.Callback):
 def run(name: str, extra: list[str], env: dict, batches: int, workdir: str) -> dict:
     """Train ``batches`` batches with ``extra`` arguments; return rank 0's batch times."""
     out = os.path.join(workdir, f"{name}.json")
+    # A script file, not ``python -c``: Lightning's DDP launcher starts the other ranks by re-running argv.
+    script = Path(workdir) / "run_train.py"
+    script.write_text(RUN.format(benchmarks=str(ROOT / "benchmarks"), config=str(ROOT / "configs" / "default.yaml")))
     command = [
-        sys.executable, "-c", RUN.format(benchmarks=str(ROOT / "benchmarks"), config=str(ROOT / "configs" / "default.yaml")),
+        sys.executable, str(script),
         "fit", f"--trainer.max_steps={2 * batches}", "--trainer.limit_val_batches=0",
         "--trainer.enable_progress_bar=false",
         "--trainer.callbacks+=ddp_cost.StepClock", f"--trainer.callbacks.path={out}", *extra,
@@ -96,8 +99,10 @@ def main() -> None:
     for (name, seconds), result in zip(medians.items(), runs.values()):
         images = batch_size * result["world_size"] / seconds
         print(f"{name:<28} {seconds * 1000:8.1f} ms/step  {images:7.1f} images/s")
-    print(f"DDP step time / one process at equal threads per process: {ddp / equal:.2f}x "
-          "(the strategy's cost: all-reduce + unused-parameter search)")
+    print(
+        f"DDP step time / one process at equal threads per process: {ddp / equal:.2f}x "
+        "(the strategy's cost: all-reduce + unused-parameter search)"
+    )
     print(f"DDP images/s / one process with all cores: {(2 * single) / ddp:.2f}x")
 
 

@@ -206,6 +206,7 @@ class M2GAN(pl.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self._rng_to_restore: dict | None = None
+        self._train_logs: dict[str, torch.Tensor] = {}  # written by write_train_logs
 
         self.text_encoder = TextEncoder(vocab_size, max_length, text_width, sentence_dim, text_layers)
         self.generator = Generator(resolution, noise_dim, sentence_dim, g_channels, max_channels)
@@ -324,6 +325,26 @@ class M2GAN(pl.LightningModule):
         if batch_idx % self.hparams.n_critic == 0:
             self.g_step(batch["image"], text, opt_g)
             self.update_ema(batch_size=batch["image"].shape[0])
+        if int(self.d_steps) % self.trainer.log_every_n_steps == 0:
+            self.write_train_logs()
+
+    def write_train_logs(self) -> None:
+        """Send the latest training metrics (``train/*``) to every logger, at step = batches trained.
+
+        Training metrics bypass ``self.log``: its bookkeeping costs about a millisecond per key on
+        a CPU, which made 14 keys a batch 10% of a default training batch
+        (``benchmarks/overhead.py``). They are written every ``trainer.log_every_n_steps`` batches
+        and at the end of training, as ``self.log`` would; the values are the latest batch's. So
+        they are not in ``trainer.callback_metrics``: monitor ``val/*`` metrics in callbacks.
+        """
+        if self._train_logs:
+            metrics = {name: float(value) for name, value in self._train_logs.items()}
+            for logger in self.loggers:  # Lightning's loggers write on rank zero only
+                logger.log_metrics(metrics, step=int(self.d_steps))
+            self._train_logs.clear()
+
+    def on_train_end(self) -> None:
+        self.write_train_logs()
 
     def d_step(self, images: torch.Tensor, tokens: torch.Tensor, opt_d) -> TextBatch:
         """One discriminator (and text encoder) update; returns what the generator step needs."""
@@ -388,7 +409,7 @@ class M2GAN(pl.LightningModule):
             logs["train/match_acc"] = (real_logits > mismatched_logits).float().mean()
             if use_swaps:
                 logs["train/swap_acc"] = (real_logits > swapped_logits).float().mean()
-        self.log_dict(logs, prog_bar=False)
+        self._train_logs.update(logs)
         self.log("d_loss", loss.detach(), prog_bar=True, logger=False)
         swapped_sentence = sentences[1].detach() if use_swaps else None
         return TextBatch(tokens, sentence.detach(), swapped_sentence, sampled_tokens)
@@ -440,7 +461,7 @@ class M2GAN(pl.LightningModule):
             self._optimizer_step(opt_g, loss, "generator")
         self.g_steps += 1
         logs["train/g_loss"] = loss.detach()
-        self.log_dict(logs, prog_bar=False)
+        self._train_logs.update(logs)
         self.log("g_loss", loss.detach(), prog_bar=True, logger=False)
 
     def update_ema(self, batch_size: int) -> None:
@@ -468,7 +489,7 @@ class M2GAN(pl.LightningModule):
             optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1
             self.bad_run[which] += 1
-            self.log("train/skipped_steps", self.skipped_steps.float(), prog_bar=False)
+            self._train_logs["train/skipped_steps"] = self.skipped_steps.float()
             if int(self.bad_run[which]) >= self.hparams.max_bad_steps:
                 raise DivergenceError(
                     f"training diverged: {int(self.bad_run[which])} consecutive {player} steps with a non-finite "

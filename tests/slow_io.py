@@ -6,6 +6,7 @@ import io
 import os
 import time
 
+import pytorch_lightning as pl
 import torch
 
 from m2gan.checkpoint_io import AtomicCheckpointIO
@@ -39,3 +40,13 @@ class SlowCheckpointIO(AtomicCheckpointIO):
             open(self.marker, "w").close()
             time.sleep(self.pause)
             file.write(data[len(data) // 2 :])
+
+
+class SlowBatches(pl.Callback):
+    """Sleeps after every training batch, so a test can kill a tiny run between two checkpoints."""
+
+    def __init__(self, pause: float = 0.25) -> None:
+        self.pause = pause
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        time.sleep(self.pause)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -72,3 +73,70 @@ trainer:
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     (final,) = tmp_path.glob("runs/m2gan/*/checkpoints/last.ckpt")
     assert int(M2GAN.load(final).g_steps) == 4
+
+
+def _start(args: list[str], cwd) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(ROOT / "train.py"), "fit", *TINY, *args]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _kill_when(process: subprocess.Popen, ready, delay: float = 0.0, timeout: float = 240) -> None:
+    """SIGKILL ``process`` ``delay`` seconds after ``ready()`` first holds."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "the kill point was never reached"
+        time.sleep(0.05)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def _newest_last(folder) -> tuple:
+    newest = max(folder.glob("runs/m2gan/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return newest, int(M2GAN.load(newest).g_steps)
+
+
+@pytest.mark.slow
+def test_sigkill_at_several_points_of_training_then_resume(tmp_path):
+    """Killed after its first checkpoints, between two later ones, and while starting up: resume finishes the run."""
+    config = tmp_path / "slow.yaml"
+    config.write_text("""
+trainer:
+  max_epochs: -1
+  max_steps: 24           # 12 batches
+  callbacks:
+    - class_path: tests.slow_io.SlowBatches
+      init_args: {pause: 0.25}
+    - class_path: callbacks.FinalCheckpoint
+      init_args: {filename: "{step}", save_last: true, save_top_k: -1, every_n_train_steps: 4}
+""")
+    args = [f"--config={config}", "--trainer.limit_val_batches=0"]
+    files = lambda: list(tmp_path.glob("runs/m2gan/*/checkpoints/step=*.ckpt"))  # noqa: E731
+
+    # 1. Killed during training, right after its second periodic checkpoint (4 of 12 batches).
+    _kill_when(_start(args, tmp_path), lambda: len(files()) >= 2)
+    last, done = _newest_last(tmp_path)
+    assert done >= 4
+
+    # 2. Resumed, then killed between two checkpoints: about a batch after its first one.
+    before = len(files())
+    _kill_when(_start([*args, "--ckpt_path=last"], tmp_path), lambda: len(files()) > before, delay=0.3)
+    last, resumed_to = _newest_last(tmp_path)
+    assert resumed_to > done  # the resumed run progressed and its checkpoint is whole
+
+    # 3. Resumed, and killed while still starting up: the newest checkpoint is untouched.
+    mtime = last.stat().st_mtime
+    _kill_when(_start([*args, "--ckpt_path=last"], tmp_path), lambda: True, delay=1.0)
+    assert _newest_last(tmp_path) == (last, resumed_to) and last.stat().st_mtime == mtime
+
+    # 4. Resumed to the end: all 12 batches done, nothing lost beyond the steps since a checkpoint.
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    final = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "fit", *TINY, *args, "--ckpt_path=last"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert f"resuming from {last}" in final.stderr
+    assert _newest_last(tmp_path)[1] == 12

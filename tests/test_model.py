@@ -249,3 +249,25 @@ def test_channels_last_is_a_layout_not_a_different_model(datamodule):
     a, b = nhwc.generate(prompts, num_images=2, seed=3), nchw.generate(prompts, num_images=2, seed=3)
     assert a.is_contiguous()  # callers may .numpy() or save the rows without a copy
     assert (a.int() - b.int()).abs().max() <= 1  # summation order may move a pixel by one level
+
+
+def test_training_metrics_reach_the_loggers_every_log_interval(datamodule, tiny_model, tmp_path):
+    """train/* metrics go to the loggers every ``log_every_n_steps`` batches, at step = batches trained."""
+    import csv
+
+    from pytorch_lightning.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=5, limit_val_batches=0, log_every_n_steps=2, logger=logger,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(tiny_model, datamodule)
+    with open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv") as file:
+        rows = [row for row in csv.DictReader(file) if row.get("train/d_loss")]
+    # Batches 2 and 4 by the interval, batch 5 because training ended there.
+    assert [int(row["step"]) for row in rows] == [2, 4, 5]
+    for row in rows:
+        for name in ("train/d_loss", "train/g_loss", "train/d_adv", "train/cycle", "train/match_acc"):
+            assert torch.isfinite(torch.tensor(float(row[name]))), name
+    assert "train/d_loss" not in trainer.callback_metrics  # by design: monitor val/* metrics
