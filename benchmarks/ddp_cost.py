@@ -1,17 +1,18 @@
 """What does the DDP strategy cost per training step on this machine?
 
 Runs ``train.py fit`` on the default config for ``--batches`` batches (no validation) three ways,
-each in its own process tree, and times every training batch on rank 0 (:class:`StepClock`):
+each in its own process tree, and times every training batch on rank 0 (:class:`StepClock`).
+``data.batch_size`` is the global batch (32), split between DDP's processes:
 
-1. one process, all cores (``torch`` default threads) — the single-process baseline;
-2. one process with ``OMP_NUM_THREADS=cores/2`` — the resources each DDP rank gets;
-3. ``ddp_find_unused_parameters_true`` with 2 CPU processes (gloo), which Lightning gives
-   ``cores/2`` threads each.
+1. one process, all cores (``torch``'s default threads), batch 32 — what a user runs today;
+2. ``ddp_find_unused_parameters_true`` with 2 CPU processes (gloo), 16 images each, which
+   Lightning gives ``cores/2`` threads each;
+3. one process with ``OMP_NUM_THREADS=cores/2`` and batch 16 — exactly one DDP rank's work and
+   threads, without the strategy.
 
-Per-step time of (3) over (2) is the strategy's own cost (gradient all-reduce and the search for
-unused parameters) at equal per-process resources; (3) over (1) in images/s is what a user of a
-2-process CPU run gets against one process (each DDP rank draws its own batch of
-``data.batch_size``). Medians after ``--warmup`` batches.
+Step time of (2) over (3) is the strategy's own cost: the gradient all-reduce, the search for
+unused parameters, two processes sharing the memory system. (1) over (2) is what DDP gives on
+this machine for the same global batch. Medians after ``--warmup`` batches.
 
     python benchmarks/ddp_cost.py             # 120 batches per run, ~4 minutes on 2 cores
     python benchmarks/ddp_cost.py --quick     # a smoke run
@@ -54,7 +55,7 @@ class StepClock(pl.Callback):
         self.starts.append(time.perf_counter())
         if trainer.is_global_zero:
             times = [b - a for a, b in zip(self.starts, self.starts[1:])]
-            Path(self.path).write_text(json.dumps({"times": times, "world_size": trainer.world_size}))
+            Path(self.path).write_text(json.dumps({"times": times}))
 
 
 def run(name: str, extra: list[str], env: dict, batches: int, workdir: str) -> dict:
@@ -87,23 +88,20 @@ def main() -> None:
     half = str(max(1, cores // 2))
     with tempfile.TemporaryDirectory() as workdir:
         runs = {
-            "one process, all threads": run("single", [], {}, args.batches, workdir),
-            f"one process, {half} thread(s)": run("single_half", [], {"OMP_NUM_THREADS": half}, args.batches, workdir),
-            "DDP, 2 processes": run("ddp", DDP, {}, args.batches, workdir),
+            "one process, batch 32": run("single", [], {}, args.batches, workdir),
+            "DDP, 2 processes x 16": run("ddp", DDP, {}, args.batches, workdir),
+            f"one process, batch 16, {half} thread(s)": run(
+                "rank_alone", ["--data.batch_size=16"], {"OMP_NUM_THREADS": half}, args.batches, workdir
+            ),
         }
-    batch_size = 32  # the default config's, per process
     medians = {name: statistics.median(r["times"][args.warmup :]) for name, r in runs.items()}
-    single, equal, ddp = medians.values()
-    print(f"\nddp_cost: {cores} cores, default config, batch {batch_size} per process, {args.batches} batches "
-          f"per run, medians after {args.warmup}")  # fmt: skip
-    for (name, seconds), result in zip(medians.items(), runs.values()):
-        images = batch_size * result["world_size"] / seconds
-        print(f"{name:<28} {seconds * 1000:8.1f} ms/step  {images:7.1f} images/s")
-    print(
-        f"DDP step time / one process at equal threads per process: {ddp / equal:.2f}x "
-        "(the strategy's cost: all-reduce + unused-parameter search)"
-    )
-    print(f"DDP images/s / one process with all cores: {(2 * single) / ddp:.2f}x")
+    single, ddp, rank_alone = medians.values()
+    print(f"\nddp_cost: {cores} cores, default config, global batch 32, {args.batches} batches per run, "
+          f"medians after {args.warmup}")  # fmt: skip
+    for name, seconds in medians.items():
+        print(f"{name:<34} {seconds * 1000:8.1f} ms/step")
+    print(f"DDP step / one rank's work alone: {ddp / rank_alone:.2f}x (the strategy's cost per step)")
+    print(f"DDP throughput / one process, same global batch: {single / ddp:.2f}x")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,8 @@ class M2GANCLI(LightningCLI):
         # Constructors validate their arguments; a bad value is a config error, not a crash.
         try:
             super().instantiate_classes()
+            # Checked here, before Lightning launches the processes that would each fail on it.
+            self.datamodule.batch_per_process(self.trainer.num_devices * self.trainer.num_nodes)
         except ValueError as error:
             print(f"error: invalid configuration: {error}", file=sys.stderr)
             sys.exit(2)

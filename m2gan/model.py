@@ -324,7 +324,8 @@ class M2GAN(pl.LightningModule):
         text = self.d_step(batch["image"], batch["tokens"], opt_d)
         if batch_idx % self.hparams.n_critic == 0:
             self.g_step(batch["image"], text, opt_g)
-            self.update_ema(batch_size=batch["image"].shape[0])
+            # EMA half-lives count images of the whole step: every process's batch.
+            self.update_ema(batch_size=batch["image"].shape[0] * self.trainer.world_size)
         if int(self.d_steps) % self.trainer.log_every_n_steps == 0:
             self.write_train_logs()
 

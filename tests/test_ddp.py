@@ -9,7 +9,7 @@ import pytest
 from tests.test_train_cli import TINY, checkpoints, run_train
 
 DDP = ["--trainer.strategy=ddp_find_unused_parameters_true", "--trainer.devices=2", "--trainer.accelerator=cpu"]
-# 32 validation images, batches of 8: both ranks see whole batches and no sample is padded in.
+# 32 validation images, batches of 8 split 4 + 4: both ranks see whole batches and no sample is padded in.
 VALIDATION = ["--data.val_size=32", "--trainer.limit_val_batches=1.0"]
 
 

@@ -98,3 +98,16 @@ def test_datamodule_batches_are_tokenised(datamodule):
     # The same data config always fits the same vocabulary (resume and sampling rely on it).
     same_config = CaptionDataModule(batch_size=8, train_size=64, val_size=16, test_size=16, tokenizer_fit_size=300)
     assert same_config.tokenizer == datamodule.tokenizer
+
+
+def test_batch_size_is_the_global_batch_split_between_processes():
+    from types import SimpleNamespace
+
+    from m2gan.data import CaptionDataModule
+
+    data = CaptionDataModule(batch_size=32, train_size=64, val_size=64, tokenizer_fit_size=50)
+    assert data.val_dataloader().batch_size == 32  # no trainer: one process
+    data.trainer = SimpleNamespace(world_size=4)
+    assert data.val_dataloader().batch_size == 8
+    with pytest.raises(ValueError, match="data.batch_size=32 is not divisible by the 3 processes"):
+        data.batch_per_process(3)

@@ -109,6 +109,17 @@ def test_wandb_failure_falls_back_to_csv(tmp_path):
         (["fit", "--data.resolution=48"], "power of two"),
         (["fit", "--ckpt_path=missing.ckpt"], "missing.ckpt"),
         (["fit", "--model.lr_g=fast"], "lr_g"),
+        (["fit", "--model.lr_d=-0.001"], "lr_d"),
+        (
+            [
+                "fit",
+                "--data.batch_size=9",
+                "--trainer.devices=2",
+                "--trainer.accelerator=cpu",
+                "--trainer.strategy=ddp_find_unused_parameters_true",
+            ],
+            "data.batch_size=9 is not divisible by the 2",
+        ),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, args, message):

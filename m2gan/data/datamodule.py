@@ -43,7 +43,10 @@ class CaptionDataModule(pl.LightningDataModule):
         train_shards: ``webdataset`` training shards, brace patterns allowed (``data/{000..099}.tar``).
         val_shards: ``webdataset`` validation shards (read into memory once; also the test split).
         resolution: Image side in pixels (a power of two from 32 to 256 for the default networks).
-        batch_size: Images per training batch.
+        batch_size: Images per training step across all processes (the global batch): each of the
+            N processes of a multi-device run (``trainer.devices × trainer.num_nodes``) loads
+            ``batch_size / N``, so a config trains the same way on any number of devices. N must
+            divide it. Validation and test batches are split the same way.
         train_size: ``shapes``: images in one training epoch (a virtual length; nothing is stored).
         val_size: ``shapes``: images in the validation split.
         test_size: ``shapes``: images in the test split.
@@ -208,7 +211,7 @@ class CaptionDataModule(pl.LightningDataModule):
             sampler = ResumableSampler(len(dataset), seed=self.hparams.seed, start=self._resumed_samples())
         return DataLoader(
             dataset,
-            batch_size=self.hparams.batch_size,
+            batch_size=self.process_batch_size,
             sampler=sampler,
             drop_last=drop_last,
             num_workers=self.hparams.num_workers,
@@ -216,6 +219,21 @@ class CaptionDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.hparams.num_workers > 0,
         )
+
+    def batch_per_process(self, processes: int) -> int:
+        """Each process's share of ``batch_size``; ``ValueError`` unless ``processes`` divides it."""
+        if self.hparams.batch_size % processes:
+            raise ValueError(
+                f"data.batch_size={self.hparams.batch_size} is not divisible by the {processes} processes "
+                "(trainer.devices × trainer.num_nodes): it is the global batch, split evenly between them"
+            )
+        return self.hparams.batch_size // processes
+
+    @property
+    def process_batch_size(self) -> int:
+        """This process's share of ``batch_size`` (all of it without a trainer)."""
+        trainer = getattr(self, "trainer", None)
+        return self.batch_per_process(trainer.world_size if trainer is not None else 1)
 
     def _resumed_samples(self) -> int:
         """Training samples of the current epoch already used by the run being resumed (0 when not resuming).
@@ -248,4 +266,4 @@ class CaptionDataModule(pl.LightningDataModule):
         if skipped:
             rank_zero_info(f"{self.hparams.predict_prompts}: {skipped} blank lines skipped")
         dataset = PromptDataset(prompts, self.hparams.predict_num_images, self.hparams.predict_seed)
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=False)
+        return DataLoader(dataset, batch_size=self.process_batch_size, shuffle=False)
