@@ -44,7 +44,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--minutes", type=float, nargs="+", default=[10.0], help="wall-clock training budget(s); one run"
     )
-    parser.add_argument("--quick", action="store_true", help="1 minute of training, fewer judged images")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 minute of training, a rougher judge, fewer judged images: a smoke run"
+    )
     parser.add_argument("--eval-images", type=int, default=1000, help="held-out captions to draw and judge")
     parser.add_argument("--bleu-images", type=int, default=512, help="validation images to caption for BLEU")
     parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
@@ -109,7 +111,7 @@ def main() -> None:
 
     # The judge learns the attributes at the model's resolution, from its own slice of the data.
     start = time.perf_counter()
-    judge = train_judge(resolution=resolution)
+    judge = train_judge(resolution=resolution, **({"pool_size": 1000, "steps": 60} if args.quick else {}))
     val_images, val_labels = labelled_images(ShapesDataset("val", 1000, resolution, seed=99, two_object_prob=0.0), 1000)
     judge_accuracy = accuracy(judge, val_images, val_labels)
     judge_seconds = time.perf_counter() - start

@@ -52,10 +52,10 @@ def main() -> None:
     parser.add_argument("--resolutions", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="32 and 64 pixels, batches 8 and 16: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="32 pixels, batches 8 to 32: a smoke run")
     args = parser.parse_args()
     if args.quick:
-        args.resolutions, args.batch_sizes, args.warmup = [32, 64], [8, 16], 1
+        args.resolutions, args.batch_sizes, args.warmup = [32], [8, 16], 1
     points = sorted({(r, 32) for r in args.resolutions} | {(32, b) for b in args.batch_sizes})
     results = {point: time_point(*point, args.warmup) for point in points}
 
