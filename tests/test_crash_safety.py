@@ -118,7 +118,7 @@ trainer:
     # 1. Killed during training, right after its second periodic checkpoint (4 of 12 batches).
     _kill_when(_start(args, tmp_path), lambda: len(files()) >= 2)
     last, done = _newest_last(tmp_path)
-    assert done >= 4
+    assert done >= 2  # the kill may land in the last.ckpt write after step=8: then the one before survives
 
     # 2. Resumed, then killed between two checkpoints: about a batch after its first one.
     before = len(files())
