@@ -126,7 +126,7 @@ class PlainStep:
     def d_step(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         m, hp = self.model, self.hp
         batch_size = images.shape[0]
-        penalty_now = hp.gradient_penalty != "none" and hp.gp_weight > 0 and int(m.d_steps) % hp.gp_interval == 0
+        penalty_now = m.penalty_due()
         use_swaps = hp.swap_weight > 0
         with trains_only([m.discriminator, m.text_encoder], [m.generator, m.captioner]):
             texts = [tokens, swap_one_word(tokens, len(SPECIAL_TOKENS))] if use_swaps else [tokens]

@@ -64,11 +64,9 @@ class PhaseClock(pl.Callback):
     def setup(self, trainer, pl_module, stage) -> None:
         self.fit_start = time.perf_counter()
         model, data = pl_module, trainer.datamodule
-        hp = model.hparams
 
         def d_step(*args, **kwargs):
-            penalty = hp.gradient_penalty != "none" and hp.gp_weight > 0 and int(model.d_steps) % hp.gp_interval == 0
-            self.penalty_batches.append(penalty)
+            self.penalty_batches.append(model.penalty_due())
             return d_step_timed(*args, **kwargs)
 
         d_step_timed = timed(model.d_step, self.bucket("d_step"))

@@ -347,11 +347,16 @@ class M2GAN(pl.LightningModule):
     def on_train_end(self) -> None:
         self.write_train_logs()
 
+    def penalty_due(self) -> bool:
+        """Whether the next discriminator step applies the (lazy) gradient penalty."""
+        hp = self.hparams
+        return hp.gradient_penalty != "none" and hp.gp_weight > 0 and int(self.d_steps) % hp.gp_interval == 0
+
     def d_step(self, images: torch.Tensor, tokens: torch.Tensor, opt_d) -> TextBatch:
         """One discriminator (and text encoder) update; returns what the generator step needs."""
         hp = self.hparams
         batch_size = images.shape[0]
-        lazy_penalty = hp.gradient_penalty != "none" and hp.gp_weight > 0 and int(self.d_steps) % hp.gp_interval == 0
+        lazy_penalty = self.penalty_due()
         use_swaps = hp.swap_weight > 0
         sampled_tokens = None
         if hp.caption_adversarial_weight > 0:
