@@ -2,9 +2,10 @@
 
 Runs ``train.py fit`` on the default config for ``--batches`` batches (no validation) three ways,
 each in its own process tree, and times every training batch on rank 0 (:class:`StepClock`).
-``data.batch_size`` is the global batch (32), split between DDP's processes:
+``data.batch_size`` is the global batch, here 32 (the default config's is 16), split between DDP's
+processes:
 
-1. one process, all cores (``torch``'s default threads), batch 32 — what a user runs today;
+1. one process, all cores (``torch``'s default threads), batch 32 — a single-process run;
 2. ``ddp_find_unused_parameters_true`` with 2 CPU processes (gloo), 16 images each, which
    Lightning gives ``cores/2`` threads each;
 3. one process with ``OMP_NUM_THREADS=cores/2`` and batch 16 — exactly one DDP rank's work and
@@ -66,7 +67,7 @@ def run(name: str, extra: list[str], env: dict, batches: int, workdir: str) -> d
     script.write_text(RUN.format(benchmarks=str(ROOT / "benchmarks"), config=str(ROOT / "configs" / "default.yaml")))
     command = [
         sys.executable, str(script),
-        "fit", f"--trainer.max_steps={2 * batches}", "--trainer.limit_val_batches=0",
+        "fit", f"--trainer.max_steps={2 * batches}", "--trainer.limit_val_batches=0", "--data.batch_size=32",
         "--trainer.enable_progress_bar=false",
         "--trainer.callbacks+=ddp_cost.StepClock", f"--trainer.callbacks.path={out}", *extra,
     ]  # fmt: skip
@@ -82,12 +83,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="the DDP run only, a few batches: a smoke run")
     args = parser.parse_args()
-    if args.quick:
+    smoke = []
+    if args.quick:  # no W&B run and a smaller tokenizer fit: start-up is what a smoke run waits for
         args.batches, args.warmup = 6, 2
+        smoke = ["--trainer.logger=false", "--data.tokenizer_fit_size=300"]
     cores = os.cpu_count() or 2
     half = str(max(1, cores // 2))
     with tempfile.TemporaryDirectory() as workdir:
-        runs = {"DDP, 2 processes x 16": run("ddp", DDP, {}, args.batches, workdir)}
+        runs = {"DDP, 2 processes x 16": run("ddp", DDP + smoke, {}, args.batches, workdir)}
         if not args.quick:  # the smoke run exercises the DDP launch only; process start-up dominates it
             runs["one process, batch 32"] = run("single", [], {}, args.batches, workdir)
             runs[f"one process, batch 16, {half} thread(s)"] = run(

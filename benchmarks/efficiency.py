@@ -24,9 +24,8 @@ import statistics
 import time
 
 import torch
-from plain_loop import PlainStep, default_parts, take_batches  # benchmarks/plain_loop.py
+from plain_loop import PlainStep, default_parts, flops_per_batch, take_batches  # benchmarks/plain_loop.py
 from timing import interleaved_medians  # benchmarks/timing.py
-from torch.utils.flop_counter import FlopCounterMode
 
 
 def matmul_flops_per_second(size: int, dtype: torch.dtype, repeats: int) -> float:
@@ -34,17 +33,6 @@ def matmul_flops_per_second(size: int, dtype: torch.dtype, repeats: int) -> floa
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     ((seconds, _),) = interleaved_medians([lambda: a @ b], repeats)
     return 2 * size**3 / seconds
-
-
-def flops_per_batch(make_model, batches: list[dict]) -> float:
-    """Mean FLOPs of one training batch over a whole lazy-penalty cycle."""
-    model = make_model(0, channels_last=False).train()
-    step = PlainStep(model)
-    cycle = model.hparams.gp_interval
-    with FlopCounterMode(display=False) as counter:
-        for batch in batches[:cycle]:
-            step(batch)
-    return counter.get_total_flops() / cycle
 
 
 class Variant:
@@ -79,13 +67,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few batches: a smoke run")
     args = parser.parse_args()
     if args.quick:
-        args.batches, args.warmup = 4, 4  # one lazy-penalty cycle is 4 batches
+        args.batches, args.warmup = 4, 4
     datamodule, make_model = default_parts()
     batches = take_batches(datamodule, args.warmup + args.batches)
 
     fp32_peak = matmul_flops_per_second(1024, torch.float32, 3 if args.quick else 20)
     bf16_peak = matmul_flops_per_second(1024, torch.bfloat16, 3 if args.quick else 20)
-    flops = flops_per_batch(make_model, batches)
+    flops = flops_per_batch(make_model(0, channels_last=False).train(), batches)
 
     variants = [
         Variant("baseline (fp32)", make_model),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch.utils.flop_counter import FlopCounterMode
 
 from m2gan import losses
 from m2gan.data import CaptionDataModule
@@ -62,6 +63,22 @@ def take_batches(datamodule: CaptionDataModule, count: int) -> list[dict]:
         if len(batches) == count:
             return batches
     raise ValueError(f"the training split holds fewer than {count} batches")
+
+
+def flops_per_batch(model: M2GAN, batches: list[dict]) -> float:
+    """Mean FLOPs of one training batch of ``model`` over a lazy-penalty cycle.
+
+    Shapes fix the FLOPs, so two batches tell the whole cycle: the first (a fresh model's first
+    discriminator step carries the penalty) and the second (a plain one), weighted 1 : gp_interval - 1.
+    """
+    step, counts = PlainStep(model), []
+    for batch in batches[:2]:
+        with FlopCounterMode(display=False) as counter:
+            step(batch)
+        counts.append(counter.get_total_flops())
+    penalty, plain = counts
+    interval = model.hparams.gp_interval
+    return (penalty + (interval - 1) * plain) / interval
 
 
 @contextlib.contextmanager

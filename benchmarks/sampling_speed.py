@@ -1,10 +1,12 @@
 """How fast does sampling run? Throughput against the bare generator, and cold-start time.
 
 1. Throughput: images/s of ``model.generate`` (tokenising, text encoder, noise, generator, uint8
-   conversion) at batch 64 (64 distinct prompts), as a ratio to (a) the bare EMA generator forward
-   pass on the same noise and sentence vectors and (b) the text encoder + generator forward from
-   token ids — the wrapper's own overhead. The three are timed in turn within each repeat, in
-   this run (median of ``--repeats`` calls after a warm-up).
+   conversion) at batch 64, as a ratio to (a) the bare EMA generator forward pass on the same
+   noise and sentence vectors and (b) the text encoder + generator forward from token ids — the
+   wrapper's own overhead. ``generate`` runs twice: with 64 distinct prompts (the worst case:
+   every image needs its own text work) and with 64 / ``--images-per-prompt`` prompts drawn
+   ``--images-per-prompt`` times each (``m2gan-sample --num-images``). All are timed in turn within
+   each repeat, in this run (median of ``--repeats`` calls after a warm-up).
 2. Cold start: a fresh Python process imports M2GAN, loads a checkpoint and draws one image; the
    whole process's wall time, the import part, and the load + first-image part alone.
 
@@ -45,6 +47,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", help="a checkpoint to sample from (default: the default config, untrained)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--images-per-prompt", type=int, default=4, help="images per prompt of the second case")
     parser.add_argument("--repeats", type=int, default=50, help="timed calls per measurement")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, a smoke run")
     return parser.parse_args()
@@ -91,22 +94,32 @@ def main() -> None:
         def generate() -> None:
             model.generate(prompts, num_images=1, seed=0, batch_size=n)
 
-        bare, both, full = (m for m, _ in interleaved_medians([generator_only, networks, generate], repeats))
+        per_prompt = args.images_per_prompt
+        if n % per_prompt:
+            raise SystemExit(f"--images-per-prompt {per_prompt} does not divide the batch size {n}")
 
-        cold = subprocess.run(
-            [sys.executable, "-c", COLD_START, checkpoint], capture_output=True, text=True, check=True
-        ).stdout.split()
+        def generate_repeated() -> None:
+            model.generate(prompts[: n // per_prompt], num_images=per_prompt, seed=0, batch_size=n)
+
+        timed = interleaved_medians([generator_only, networks, generate, generate_repeated], repeats)
+        bare, both, full, repeated = (m for m, _ in timed)
+
+        cold_start = [sys.executable, "-c", COLD_START, checkpoint]
+        if not args.quick:
+            subprocess.run(cold_start, capture_output=True, check=True)  # warms the OS file cache
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", COLD_START, checkpoint], capture_output=True, check=True)
+        cold = subprocess.run(cold_start, capture_output=True, text=True, check=True).stdout.split()
         process_total = time.perf_counter() - start
-        import_seconds, load_and_first = map(float, cold)
+        import_seconds, load_and_first = map(float, cold)  # of the timed process itself
 
     print(f"\nsampling_speed: {torch.get_num_threads()} threads, {os.cpu_count()} cores, batch {n}, "
           f"resolution {model.hparams.resolution}, median of {repeats}")  # fmt: skip
     print(f"bare EMA generator forward:            {n / bare:6.0f} images/s")
     print(f"text encoder + generator from tokens:  {n / both:6.0f} images/s")
-    print(f"model.generate:                        {n / full:6.0f} images/s   "
+    print(f"model.generate, {n} distinct prompts:    {n / full:6.0f} images/s   "
           f"ratio {bare / full:.2f}x of the bare forward, {both / full:.2f}x of the networks")  # fmt: skip
+    print(f"model.generate, {n // per_prompt} prompts x {per_prompt} images: {n / repeated:6.0f} images/s   "
+          f"ratio {bare / repeated:.2f}x of the bare forward")  # fmt: skip
     print(f"cold start: load + first image {load_and_first:.2f} s; whole process {process_total:.2f} s "
           f"(of which imports {import_seconds:.2f} s)")  # fmt: skip
 

@@ -6,7 +6,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
-from callbacks.fid import shared_judge_file
+from callbacks.fid import shared_judge_file, will_validate
 from callbacks.schedule import ValidationSchedule
 from m2gan.cache import cache_root
 from m2gan.shapes_judge import ATTRIBUTES, accuracy, attribute_labels, load_judge
@@ -52,7 +52,7 @@ class AttributeAccuracy(pl.Callback):
         self._labels: dict[str, torch.Tensor] = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.judge is None and stage in ("fit", "validate"):  # the only stages that validate
+        if self.judge is None and will_validate(trainer, stage):
             path = self.judge_weights_path or shared_judge_file(trainer, pl_module.hparams.resolution, self.cache_dir)
             self.judge, _ = load_judge(path)
 

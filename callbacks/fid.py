@@ -89,7 +89,7 @@ class FID(pl.Callback):
 
     # -- setup -----------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not self.enabled or self.extractor is not None or stage not in ("fit", "validate"):
+        if not self.enabled or self.extractor is not None or not will_validate(trainer, stage):
             return
         try:
             path = self._weights(trainer, pl_module)
@@ -197,6 +197,15 @@ class FID(pl.Callback):
         )
         features = fid.extract_features(self.extractor, batches, device)
         return fid.gather_by_index([i for _, block in mine for i in block], features)
+
+
+def will_validate(trainer: pl.Trainer, stage: str) -> bool:
+    """Whether ``stage`` runs a validation loop, the only place evaluation callbacks need their networks.
+
+    ``fit`` and ``validate`` do unless ``limit_val_batches`` is 0; then loading (or, for the shapes
+    judge, training for about a minute) a feature network would be work for nothing.
+    """
+    return stage in ("fit", "validate") and trainer.limit_val_batches != 0
 
 
 def shared_judge_file(trainer: pl.Trainer, resolution: int, cache_dir: str) -> str:

@@ -250,6 +250,17 @@ def test_attribute_accuracy_reads_back_real_images(tmp_path, datamodule, judge_w
     assert scores[True]["val/attr_acc/position"] < 0.5  # images that do not match their captions score low
 
 
+def test_evaluation_callbacks_skip_the_judge_when_validation_is_off(tmp_path, tiny_model):
+    # limit_val_batches=0: the shapes judge would be trained (about a minute) and never used.
+    cache = tmp_path / "cache"
+    callbacks = [FID(feature_extractor="shapes-judge", cache_dir=str(cache)), AttributeAccuracy(cache_dir=str(cache))]
+    trainer = pl.Trainer(default_root_dir=tmp_path, limit_val_batches=0, logger=False, callbacks=callbacks)
+    for callback in callbacks:
+        callback.setup(trainer, tiny_model, "fit")
+    assert callbacks[0].extractor is None and callbacks[1].judge is None
+    assert not cache.exists() or not any(cache.iterdir())
+
+
 def _gather_in_process(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     # Rank r holds samples r, r + 2, …; the last one is repeated on both ranks, as a padding sampler does.
