@@ -11,7 +11,7 @@ point: about 1.0 means linear growth; larger points above 1.25 are flagged as su
 Channel widths follow the config: more resolution means more stages (the generator doubles its
 side per stage), so FLOPs per pixel grow slowly with resolution; the FLOP column shows by how much.
 
-    python benchmarks/scaling.py           # ~6 minutes on 2 cores
+    python benchmarks/scaling.py           # one 16-batch penalty cycle per point: ~15 min on 2 cores (estimated)
     python benchmarks/scaling.py --quick   # a smoke run
 """
 

@@ -13,7 +13,7 @@ time from the start of ``fit`` to its end:
   checkpoint writes;
 * setup before the first batch, and the rest: Lightning's loop, ``self.log``, the progress bar.
 
-    python benchmarks/step_breakdown.py               # the whole default job (~7 minutes)
+    python benchmarks/step_breakdown.py               # the whole default job (~10 minutes)
     python benchmarks/step_breakdown.py --batches 400 # a shorter profile
     python benchmarks/step_breakdown.py --quick       # a smoke run
 """
