@@ -3,14 +3,15 @@
 1. FLOPs of one training batch of the default config (D step, G + captioner step, averaged over a
    lazy-penalty cycle), counted by ``torch.utils.flop_counter.FlopCounterMode``.
 2. This machine's dense matmul throughput (fp32 and bf16 ``N×N`` matmuls), measured in this run.
-3. Median batch time of the plain training loop (``benchmarks/plain_loop.py``, the same work as
-   ``M2GAN``) for each variant, stepped in turn on the same batches so noise hits all alike:
+3. Batch time of the plain training loop (``benchmarks/plain_loop.py``, the same work as
+   ``M2GAN``) for each variant, stepped in turn on the same batches so noise hits all alike: the
+   medians of penalty and plain batches, weighted over the lazy-penalty cycle as the FLOPs are;
    baseline fp32 (contiguous weights); ``channels_last`` weights (``model.channels_last``, the
    default since this benchmark measured it); fused Adam; bf16 autocast; ``torch.compile`` (``--compile``,
    slow to warm up). Prints each variant's speed-up over the baseline and its model-FLOP
    utilisation (achieved FLOP/s over the fp32 matmul peak).
 
-    python benchmarks/efficiency.py              # 60 timed batches per variant, ~4 minutes
+    python benchmarks/efficiency.py              # 60 timed batches per variant, about a minute
     python benchmarks/efficiency.py --compile    # also torch.compile (minutes of compilation)
     python benchmarks/efficiency.py --quick      # a smoke run
 """
@@ -24,7 +25,13 @@ import statistics
 import time
 
 import torch
-from plain_loop import PlainStep, default_parts, flops_per_batch, take_batches  # benchmarks/plain_loop.py
+from plain_loop import (  # benchmarks/plain_loop.py
+    PlainStep,
+    default_parts,
+    flops_per_batch,
+    lazy_cycle_mean,
+    take_batches,
+)
 from timing import interleaved_medians  # benchmarks/timing.py
 
 
@@ -51,12 +58,17 @@ class Variant:
             )
         self.autocast = autocast
 
-    def __call__(self, batch: dict) -> None:
+    def __call__(self, batch: dict, penalty: bool | None = None) -> None:
         context = torch.autocast("cpu", dtype=self.autocast) if self.autocast else contextlib.nullcontext()
         start = time.perf_counter()
         with context:
-            self.step(batch)
-        self.times.append(time.perf_counter() - start)
+            self.step(batch, penalty)
+        self.times.append((penalty, time.perf_counter() - start))
+
+    def seconds_per_batch(self) -> float:
+        """Medians of the timed penalty and plain batches, weighted over a lazy-penalty cycle."""
+        penalty, plain = ([t for p, t in self.times if p is kind] for kind in (True, False))
+        return lazy_cycle_mean(self.step.model, statistics.median(penalty), statistics.median(plain))
 
 
 def main() -> None:
@@ -73,7 +85,7 @@ def main() -> None:
 
     fp32_peak = matmul_flops_per_second(1024, torch.float32, 3 if args.quick else 20)
     bf16_peak = matmul_flops_per_second(1024, torch.bfloat16, 3 if args.quick else 20)
-    flops = flops_per_batch(make_model(0, channels_last=False).train(), batches)
+    flops = flops_per_batch(make_model(0, channels_last=False).train(), batches[0])
 
     variants = [
         Variant("baseline (fp32)", make_model),
@@ -89,18 +101,19 @@ def main() -> None:
             variant(batch)
     for variant in variants:
         variant.times.clear()
-    for batch in batches[args.warmup :]:  # in turn, so a slow moment of the machine hits every variant
+    interval = variants[0].step.model.hparams.gp_interval
+    for k, batch in enumerate(batches[args.warmup :]):  # in turn, so a slow moment hits every variant
         for variant in variants:
-            variant(batch)
+            variant(batch, penalty=k % interval == 0)  # the lazy cycle, with a penalty batch first
 
     print(f"\nefficiency: {torch.get_num_threads()} threads, {os.cpu_count()} cores, default config, "
           f"{args.batches} timed batches per variant after {args.warmup}")  # fmt: skip
     print(f"matmul peak (1024², measured): fp32 {fp32_peak / 1e9:.1f} GFLOP/s, bf16 {bf16_peak / 1e9:.1f} GFLOP/s")
     print(f"FLOPs per training batch (D + G + captioner, penalty averaged): {flops / 1e9:.2f} GFLOP")
-    baseline = statistics.median(variants[0].times)
+    baseline = variants[0].seconds_per_batch()
     print(f"{'variant':<18} {'ms/batch':>9} {'speed-up':>9} {'GFLOP/s':>8} {'MFU (fp32 peak)':>16}")
     for variant in variants:
-        seconds = statistics.median(variant.times)
+        seconds = variant.seconds_per_batch()
         achieved = flops / seconds
         print(f"{variant.name:<18} {seconds * 1000:9.1f} {baseline / seconds:8.2f}x {achieved / 1e9:8.2f} "
               f"{achieved / fp32_peak:15.1%}")  # fmt: skip

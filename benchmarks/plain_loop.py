@@ -65,20 +65,23 @@ def take_batches(datamodule: CaptionDataModule, count: int) -> list[dict]:
     raise ValueError(f"the training split holds fewer than {count} batches")
 
 
-def flops_per_batch(model: M2GAN, batches: list[dict]) -> float:
-    """Mean FLOPs of one training batch of ``model`` over a lazy-penalty cycle.
+def lazy_cycle_mean(model: M2GAN, penalty: float, plain: float) -> float:
+    """Mean per batch over a lazy-penalty cycle of ``model``: one penalty batch, ``gp_interval - 1`` plain.
 
-    Shapes fix the FLOPs, so two batches tell the whole cycle: the first (a fresh model's first
-    discriminator step carries the penalty) and the second (a plain one), weighted 1 : gp_interval - 1.
+    ``penalty`` and ``plain`` are one batch's cost (seconds, FLOPs) with and without the penalty.
     """
-    step, counts = PlainStep(model), []
-    for batch in batches[:2]:
-        with FlopCounterMode(display=False) as counter:
-            step(batch)
-        counts.append(counter.get_total_flops())
-    penalty, plain = counts
     interval = model.hparams.gp_interval
     return (penalty + (interval - 1) * plain) / interval
+
+
+def flops_per_batch(model: M2GAN, batch: dict) -> float:
+    """Mean FLOPs of one training batch of ``model`` over a lazy-penalty cycle (shapes fix the FLOPs)."""
+    step, counts = PlainStep(model), []
+    for penalty in (True, False):
+        with FlopCounterMode(display=False) as counter:
+            step(batch, penalty)
+        counts.append(counter.get_total_flops())
+    return lazy_cycle_mean(model, *counts)
 
 
 @contextlib.contextmanager
@@ -120,10 +123,18 @@ class PlainStep:
     def noise(self, batch_size: int) -> torch.Tensor:
         return torch.randn(batch_size, self.hp.noise_dim)
 
-    def __call__(self, batch: dict) -> None:
+    def __call__(self, batch: dict, penalty: bool | None = None) -> None:
+        """Train on ``batch``.
+
+        Args:
+            batch: ``image`` and ``tokens`` of one training batch.
+            penalty: Whether the discriminator step applies the gradient penalty (when the config
+                has one): None follows the model's lazy schedule, as training does; True or False
+                lets a benchmark time either kind of batch without running a whole cycle.
+        """
         images, tokens = batch["image"], batch["tokens"]
         marks = [time.perf_counter()]
-        text = self.d_step(images, tokens)
+        text = self.d_step(images, tokens, penalty)
         marks.append(time.perf_counter())
         self.g_step(images, tokens, *text)
         marks.append(time.perf_counter())
@@ -140,10 +151,13 @@ class PlainStep:
             for name, start, end in zip(("d_step", "g_step", "ema"), marks, marks[1:]):
                 self.phase_times.setdefault(name, []).append(end - start)
 
-    def d_step(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def d_step(
+        self, images: torch.Tensor, tokens: torch.Tensor, penalty: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         m, hp = self.model, self.hp
         batch_size = images.shape[0]
-        penalty_now = m.penalty_due()
+        has_penalty = hp.gradient_penalty != "none" and hp.gp_weight > 0
+        penalty_now = m.penalty_due() if penalty is None else penalty and has_penalty
         use_swaps = hp.swap_weight > 0
         with trains_only([m.discriminator, m.text_encoder], [m.generator, m.captioner]):
             texts = [tokens, swap_one_word(tokens, len(SPECIAL_TOKENS))] if use_swaps else [tokens]

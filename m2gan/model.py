@@ -326,8 +326,22 @@ class M2GAN(pl.LightningModule):
             self.g_step(batch["image"], text, opt_g)
             # EMA half-lives count images of the whole step: every process's batch.
             self.update_ema(batch_size=batch["image"].shape[0] * self.trainer.world_size)
-        if int(self.d_steps) % self.trainer.log_every_n_steps == 0:
+        step = int(self.d_steps)
+        if step % self.trainer.log_every_n_steps == 0 or step == 1:
+            self.show_losses()
+        if step % self.trainer.log_every_n_steps == 0:
             self.write_train_logs()
+
+    def show_losses(self) -> None:
+        """Put the latest ``d_loss`` and ``g_loss`` on the progress bar (after the first batch, then
+        every ``trainer.log_every_n_steps`` batches, as the loggers get them).
+
+        Not every batch: a ``self.log`` call costs about a millisecond of Lightning bookkeeping on a
+        CPU, and the two of them cost 2-5% of a default training batch (``benchmarks/overhead.py``).
+        """
+        for name in ("d_loss", "g_loss"):
+            if f"train/{name}" in self._train_logs:
+                self.log(name, self._train_logs[f"train/{name}"], prog_bar=True, logger=False)
 
     def write_train_logs(self) -> None:
         """Send the latest training metrics (``train/*``) to every logger, at step = batches trained.
@@ -416,7 +430,6 @@ class M2GAN(pl.LightningModule):
             if use_swaps:
                 logs["train/swap_acc"] = (real_logits > swapped_logits).float().mean()
         self._train_logs.update(logs)
-        self.log("d_loss", loss.detach(), prog_bar=True, logger=False)
         swapped_sentence = sentences[1].detach() if use_swaps else None
         return TextBatch(tokens, sentence.detach(), swapped_sentence, sampled_tokens)
 
@@ -468,7 +481,6 @@ class M2GAN(pl.LightningModule):
         self.g_steps += 1
         logs["train/g_loss"] = loss.detach()
         self._train_logs.update(logs)
-        self.log("g_loss", loss.detach(), prog_bar=True, logger=False)
 
     def update_ema(self, batch_size: int) -> None:
         """Move the EMA generator, text encoder and captioner towards the trained ones."""

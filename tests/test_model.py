@@ -252,7 +252,7 @@ def test_channels_last_is_a_layout_not_a_different_model(datamodule):
 
 
 def test_training_metrics_reach_the_loggers_every_log_interval(datamodule, tiny_model, tmp_path):
-    """train/* metrics go to the loggers every ``log_every_n_steps`` batches, at step = batches trained."""
+    """train/* metrics go to the loggers, and the losses to the progress bar, every ``log_every_n_steps`` batches."""
     import csv
 
     from pytorch_lightning.loggers import CSVLogger
@@ -271,3 +271,7 @@ def test_training_metrics_reach_the_loggers_every_log_interval(datamodule, tiny_
         for name in ("train/d_loss", "train/g_loss", "train/d_adv", "train/cycle", "train/match_acc"):
             assert torch.isfinite(torch.tensor(float(row[name]))), name
     assert "train/d_loss" not in trainer.callback_metrics  # by design: monitor val/* metrics
+    # The progress bar shows the losses of the last logged batch (4), not of every batch.
+    step_4 = next(row for row in rows if int(row["step"]) == 4)
+    for name in ("d_loss", "g_loss"):
+        assert trainer.progress_bar_metrics[name] == float(step_4[f"train/{name}"])
