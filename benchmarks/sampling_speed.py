@@ -7,8 +7,9 @@
    every image needs its own text work) and with 64 / ``--images-per-prompt`` prompts drawn
    ``--images-per-prompt`` times each (``m2gan-sample --num-images``). All are timed in turn within
    each repeat, in this run (median of ``--repeats`` calls after a warm-up). The text side is
-   also timed alone (tokenising the distinct prompts; the text encoder on their token ids), which bounds
-   what ``generate`` can reach against the bare generator when every image has its own prompt.
+   also timed alone (tokenising the distinct prompts; the text encoder on their token ids): it
+   bounds what ``generate`` can reach against the bare generator when every image has its own
+   prompt.
 2. Cold start: a fresh Python process imports M2GAN, loads a checkpoint and draws one image; the
    whole process's wall time, the import part, and the load + first-image part alone.
 

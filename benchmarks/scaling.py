@@ -61,6 +61,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.resolutions, args.batch_sizes, args.warmup, args.plain_batches = [], [4, 8], 1, 1
+    if args.plain_batches < 1:
+        parser.error("--plain-batches must be at least 1")
     points = sorted({(r, 32) for r in args.resolutions} | {(32, b) for b in args.batch_sizes})
     results = {point: time_point(*point, args.warmup, args.plain_batches) for point in points}
 
