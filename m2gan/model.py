@@ -333,11 +333,12 @@ class M2GAN(pl.LightningModule):
             self.write_train_logs()
 
     def show_losses(self) -> None:
-        """Put the latest ``d_loss`` and ``g_loss`` on the progress bar (after the first batch, then
-        every ``trainer.log_every_n_steps`` batches, as the loggers get them).
+        """Put the latest ``d_loss`` and ``g_loss`` on the progress bar.
 
-        Not every batch: a ``self.log`` call costs about a millisecond of Lightning bookkeeping on a
-        CPU, and the two of them cost 2-5% of a default training batch (``benchmarks/overhead.py``).
+        Called after the first batch, then every ``trainer.log_every_n_steps`` batches as the loggers
+        get their metrics; not every batch, because a ``self.log`` call costs about a millisecond of
+        Lightning bookkeeping on a CPU: the two cost about 2% of a default training batch
+        (``benchmarks/overhead.py``).
         """
         for name in ("d_loss", "g_loss"):
             if f"train/{name}" in self._train_logs:
