@@ -51,7 +51,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-batches", type=int, default=60, help="batches timed for the step time")
     parser.add_argument("--inception", type=int, default=0, help="also time Inception FID on this many images")
-    parser.add_argument("--quick", action="store_true", help="200 images, 1 repeat, a smoke run")
+    parser.add_argument("--quick", action="store_true", help="200 images, 1 repeat, 14 training batches: a smoke run")
     return parser.parse_args()
 
 
@@ -130,6 +130,7 @@ def compare(model, datamodule, callback: FID, repeats: int, cache: str) -> dict:
 def main() -> None:
     args = parse_args()
     repeats = 1 if args.quick else args.repeats
+    train_batches = 14 if args.quick else args.train_batches
     config = default_config()
     datamodule = CaptionDataModule(**config["data"])
     model = M2GAN(
@@ -140,7 +141,7 @@ def main() -> None:
 
     timer = BatchTimer()
     pl.Trainer(
-        max_steps=2 * args.train_batches, limit_val_batches=0, logger=False, callbacks=[timer],
+        max_steps=2 * train_batches, limit_val_batches=0, logger=False, callbacks=[timer],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     ).fit(model, datamodule)  # fmt: skip
     step_seconds = statistics.median(timer.times[10:])
