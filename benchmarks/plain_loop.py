@@ -156,8 +156,7 @@ class PlainStep:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         m, hp = self.model, self.hp
         batch_size = images.shape[0]
-        has_penalty = hp.gradient_penalty != "none" and hp.gp_weight > 0
-        penalty_now = m.penalty_due() if penalty is None else penalty and has_penalty
+        penalty_now = m.penalty_due() if penalty is None else penalty and m.has_gradient_penalty
         use_swaps = hp.swap_weight > 0
         with trains_only([m.discriminator, m.text_encoder], [m.generator, m.captioner]):
             texts = [tokens, swap_one_word(tokens, len(SPECIAL_TOKENS))] if use_swaps else [tokens]

@@ -362,10 +362,14 @@ class M2GAN(pl.LightningModule):
     def on_train_end(self) -> None:
         self.write_train_logs()
 
+    @property
+    def has_gradient_penalty(self) -> bool:
+        """Whether the config applies a gradient penalty at all (on every ``gp_interval``-th D step)."""
+        return self.hparams.gradient_penalty != "none" and self.hparams.gp_weight > 0
+
     def penalty_due(self) -> bool:
         """Whether the next discriminator step applies the (lazy) gradient penalty."""
-        hp = self.hparams
-        return hp.gradient_penalty != "none" and hp.gp_weight > 0 and int(self.d_steps) % hp.gp_interval == 0
+        return self.has_gradient_penalty and int(self.d_steps) % self.hparams.gp_interval == 0
 
     def d_step(self, images: torch.Tensor, tokens: torch.Tensor, opt_d) -> TextBatch:
         """One discriminator (and text encoder) update; returns what the generator step needs."""
