@@ -6,8 +6,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
-from callbacks.fid import shared_judge_file, will_validate
-from callbacks.schedule import ValidationSchedule
+from callbacks.fid import shared_judge_file
+from callbacks.schedule import ValidationSchedule, will_validate
 from m2gan.cache import cache_root
 from m2gan.shapes_judge import ATTRIBUTES, accuracy, attribute_labels, load_judge
 

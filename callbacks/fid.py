@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
-from callbacks.schedule import ValidationSchedule
+from callbacks.schedule import ValidationSchedule, will_validate
 from m2gan import fid
 from m2gan.cache import cache_root
 from m2gan.images import to_uint8
@@ -197,15 +197,6 @@ class FID(pl.Callback):
         )
         features = fid.extract_features(self.extractor, batches, device)
         return fid.gather_by_index([i for _, block in mine for i in block], features)
-
-
-def will_validate(trainer: pl.Trainer, stage: str) -> bool:
-    """Whether ``stage`` runs a validation loop, the only place evaluation callbacks need their networks.
-
-    ``fit`` and ``validate`` do unless ``limit_val_batches`` is 0; then loading (or, for the shapes
-    judge, training for about a minute) a feature network would be work for nothing.
-    """
-    return stage in ("fit", "validate") and trainer.limit_val_batches != 0
 
 
 def shared_judge_file(trainer: pl.Trainer, resolution: int, cache_dir: str) -> str:

@@ -1,4 +1,4 @@
-"""Which validation runs an evaluation callback takes part in."""
+"""When evaluation callbacks run: whether a stage validates at all, and which validation runs they take part in."""
 
 from __future__ import annotations
 
@@ -23,3 +23,12 @@ class ValidationSchedule:
             return False
         self.count += 1
         return (self.count - 1) % self.every == 0
+
+
+def will_validate(trainer: pl.Trainer, stage: str) -> bool:
+    """Whether ``stage`` runs a validation loop, the only place evaluation callbacks need their networks.
+
+    ``fit`` and ``validate`` do unless ``limit_val_batches`` is 0; then loading (or, for the shapes
+    judge, training for about a minute) a feature network would be work for nothing.
+    """
+    return stage in ("fit", "validate") and trainer.limit_val_batches != 0
