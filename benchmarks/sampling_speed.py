@@ -67,6 +67,7 @@ def untrained_checkpoint(folder: str, config: str | None) -> str:
     from m2gan.cli import main as cli_main
 
     os.environ.setdefault("WANDB_MODE", "offline")
+    # The real-data configs fit their vocabulary on all training captions: for shapes, the default's 2,000.
     cli_main(
         str(ROOT / "configs" / "default.yaml"),
         ["fit", *([f"--config={config}"] if config else []), "--data.format=shapes",
@@ -78,12 +79,12 @@ def untrained_checkpoint(folder: str, config: str | None) -> str:
 
 def main() -> None:
     args = parse_args()
+    if args.ckpt and args.config:
+        raise SystemExit("--config sizes an untrained model; a --ckpt brings its own")
     repeats = 3 if args.quick else args.repeats
     import m2gan
 
     with tempfile.TemporaryDirectory() as tmp:
-        if args.ckpt and args.config:
-            raise SystemExit("--config sizes an untrained model; a --ckpt brings its own")
         checkpoint = args.ckpt or untrained_checkpoint(tmp, args.config)
         model = m2gan.load(checkpoint)
         n = args.batch_size
