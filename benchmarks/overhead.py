@@ -7,7 +7,7 @@ the plain loop of ``benchmarks/plain_loop.py``. The two advance in lockstep: aft
 batch, a callback runs the plain loop's step on the same batch (with its own random stream), so a
 slow moment of this noisy machine hits both alike. Prints the median batch time of each after
 warm-up, the throughput ratio (target: Lightning ≥ 0.95× the plain loop) and whether both ended
-with identical weights (proof of the same work).
+with identical weights (proof of the same work); exits non-zero when they differ.
 
     python benchmarks/overhead.py              # 200 batches, about 2 minutes
     python benchmarks/overhead.py --quick      # a smoke run
@@ -119,7 +119,10 @@ def main() -> None:
     print(f"plain PyTorch loop:        {plain * 1000:7.1f} ms/batch")
     print(f"Lightning + M2GAN:         {lit * 1000:7.1f} ms/batch")
     print(f"throughput ratio Lightning / plain: {plain / lit:.3f}x (target >= 0.95x)")
-    print(f"identical weights after {args.batches} batches: {same_weights(lightning_model, plain_model)}")
+    identical = same_weights(lightning_model, plain_model)
+    print(f"identical weights after {args.batches} batches: {identical}")
+    if not identical:
+        raise SystemExit("overhead: the two paths did different work (their weights differ): the ratio means nothing")
 
 
 if __name__ == "__main__":

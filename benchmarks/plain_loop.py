@@ -1,10 +1,10 @@
-"""A plain PyTorch training step over M2GAN's networks, losses and optimisers (no Lightning).
+"""A plain PyTorch training loop over M2GAN's networks, objective and optimisers (no Lightning).
 
-The baseline of the framework-overhead and hardware-efficiency benchmarks. It does the work of
-``M2GAN.training_step`` for the configurations those benchmarks run, in the same order and with the
-same random draws, so after the same batches from the same seed its weights equal the
-LightningModule's bit for bit (``benchmarks/overhead.py`` checks this). What it leaves out is what
-the framework adds: Lightning's loop, logging, the divergence guard's finiteness checks.
+The baseline of the framework-overhead and hardware-efficiency benchmarks. Its losses are the
+model's own (``model.objective``) and so is the EMA update; only the loop is written here. After
+the same batches from the same seed its weights equal the LightningModule's bit for bit
+(``benchmarks/overhead.py`` checks this). What it leaves out is what the framework adds:
+Lightning's loop, logging, the divergence guard's finiteness checks, gradient clipping.
 """
 
 from __future__ import annotations
@@ -18,12 +18,8 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from m2gan import losses
 from m2gan.data import CaptionDataModule
-from m2gan.ema import ema_beta, update_ema
 from m2gan.model import M2GAN
-from m2gan.negatives import swap_one_word
-from m2gan.tokenizer import PAD_ID, SPECIAL_TOKENS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
@@ -100,7 +96,7 @@ class PlainStep:
     """One batch of M2GAN training written as a plain loop: a D step, a G step, an EMA update.
 
     Args:
-        model: An ``M2GAN`` whose networks (and hyperparameters) to train; its optimisers are built
+        model: An ``M2GAN`` whose networks to train with its objective; its optimisers are built
             by its own ``configure_optimizers``.
         phase_times: If given, wall seconds of each phase are appended under ``"d_step"``,
             ``"g_step"`` and ``"ema"``.
@@ -108,20 +104,13 @@ class PlainStep:
 
     def __init__(self, model: M2GAN, phase_times: dict[str, list[float]] | None = None) -> None:
         hp = model.hparams
-        unsupported = {
-            "caption_adversarial_weight": hp.caption_adversarial_weight > 0,
-            "grad_clip": hp.grad_clip is not None,
-            "n_critic": hp.n_critic != 1,
-        }
+        unsupported = {"grad_clip": hp.grad_clip is not None, "n_critic": hp.n_critic != 1}
         if any(unsupported.values()):
             names = [name for name, used in unsupported.items() if used]
             raise NotImplementedError(f"the plain loop does not implement {names}; benchmark another config")
-        self.model, self.hp = model, hp
+        self.model = model
         self.opt_g, self.opt_d = model.configure_optimizers()
         self.phase_times = phase_times
-
-    def noise(self, batch_size: int) -> torch.Tensor:
-        return torch.randn(batch_size, self.hp.noise_dim)
 
     def __call__(self, batch: dict, penalty: bool | None = None) -> None:
         """Train on ``batch``.
@@ -132,91 +121,24 @@ class PlainStep:
                 has one): None follows the model's lazy schedule, as training does; True or False
                 lets a benchmark time either kind of batch without running a whole cycle.
         """
-        images, tokens = batch["image"], batch["tokens"]
+        m, images = self.model, batch["image"]
         marks = [time.perf_counter()]
-        text = self.d_step(images, tokens, penalty)
+        with trains_only([m.discriminator, m.text_encoder], [m.generator, m.captioner]):
+            d_loss = m.objective.discriminator_loss(images, batch["tokens"], m.penalty_due() if penalty is None else penalty)
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.loss.backward()
+            self.opt_d.step()
+        m.d_steps += 1  # the model's own counters, so both paths end in the same state
         marks.append(time.perf_counter())
-        self.g_step(images, tokens, *text)
+        with trains_only([m.generator, m.captioner], [m.discriminator, m.text_encoder]):
+            g_loss = m.objective.generator_loss(images, d_loss.text)
+            self.opt_g.zero_grad(set_to_none=True)
+            g_loss.loss.backward()
+            self.opt_g.step()
+        m.g_steps += 1
         marks.append(time.perf_counter())
-        m, hp = self.model, self.hp
-        beta = ema_beta(images.shape[0], hp.ema_half_life_images, int(m.g_steps) * images.shape[0], hp.ema_rampup)
-        for average, current in (
-            (m.generator_ema, m.generator),
-            (m.text_encoder_ema, m.text_encoder),
-            (m.captioner_ema, m.captioner),
-        ):
-            update_ema(average, current, beta)
+        m.update_ema(images.shape[0])
         marks.append(time.perf_counter())
         if self.phase_times is not None:
             for name, start, end in zip(("d_step", "g_step", "ema"), marks, marks[1:]):
                 self.phase_times.setdefault(name, []).append(end - start)
-
-    def d_step(
-        self, images: torch.Tensor, tokens: torch.Tensor, penalty: bool | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        m, hp = self.model, self.hp
-        batch_size = images.shape[0]
-        penalty_now = m.penalty_due() if penalty is None else penalty and m.has_gradient_penalty
-        use_swaps = hp.swap_weight > 0
-        with trains_only([m.discriminator, m.text_encoder], [m.generator, m.captioner]):
-            texts = [tokens, swap_one_word(tokens, len(SPECIAL_TOKENS))] if use_swaps else [tokens]
-            sentences = m.text_encoder(torch.cat(texts))[1].split(batch_size)
-            sentence = sentences[0]
-            with torch.no_grad():
-                fake = m.generator(self.noise(batch_size), sentence.detach())
-            if penalty_now:
-                images = images.detach().requires_grad_(True)
-            embedding, unconditional = m.discriminator.features(torch.cat([images, fake]))
-            real = (embedding[:batch_size], unconditional[:batch_size])
-            fake = (embedding[batch_size:], unconditional[batch_size:])
-            text_embedding = m.discriminator.embed_text(sentence)
-            swapped_embedding = m.discriminator.embed_text(sentences[1]) if use_swaps else None
-            real_logits = m.discriminator.score(real, text_embedding)
-            negatives = [
-                (m.discriminator.score(fake, text_embedding), 1.0),
-                (m.discriminator.score(real, text_embedding.roll(1, dims=0)), hp.mismatch_weight),
-            ]
-            if use_swaps:
-                negatives.append((m.discriminator.score(real, swapped_embedding), hp.swap_weight))
-            loss = losses.d_adversarial(real_logits, negatives, hp.adversarial_loss)
-            if hp.contrastive_weight_d > 0:
-                contrastive = losses.contrastive(real[0], text_embedding, hp.contrastive_temperature, swapped_embedding)
-                loss = loss + hp.contrastive_weight_d * contrastive
-            if penalty_now:
-                if hp.gradient_penalty == "r1":
-                    penalty = 0.5 * hp.gp_weight * losses.r1_penalty(real_logits, images)
-                else:
-                    penalty = hp.gp_weight * losses.matching_aware_gradient_penalty(real_logits, images, sentence)
-                loss = loss + hp.gp_interval * penalty
-            self.opt_d.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt_d.step()
-        m.d_steps += 1  # the model's own counters, so both paths end in the same state
-        return sentence.detach(), sentences[1].detach() if use_swaps else None
-
-    def g_step(
-        self, images: torch.Tensor, tokens: torch.Tensor, sentence: torch.Tensor, swapped: torch.Tensor | None
-    ) -> None:
-        m, hp = self.model, self.hp
-        with trains_only([m.generator, m.captioner], [m.discriminator, m.text_encoder]):
-            fake = m.generator(self.noise(sentence.shape[0]), sentence)
-            fake_features = m.discriminator.features(fake)
-            text_embedding = m.discriminator.embed_text(sentence)
-            loss = losses.g_adversarial(m.discriminator.score(fake_features, text_embedding), hp.adversarial_loss)
-            if hp.contrastive_weight_g > 0:
-                hard = m.discriminator.embed_text(swapped) if swapped is not None else None
-                contrastive = losses.contrastive(fake_features[0], text_embedding, hp.contrastive_temperature, hard)
-                loss = loss + hp.contrastive_weight_g * contrastive
-            if hp.cycle_weight > 0:
-                m.captioner.requires_grad_(False)
-                cycle = losses.caption_cross_entropy(m.captioner(fake, tokens), tokens, PAD_ID)
-                m.captioner.requires_grad_(True)
-                loss = loss + hp.cycle_weight * cycle
-            if hp.caption_weight > 0:
-                logits = m.captioner.decode(m.captioner.encode(images), tokens[:, :-1])
-                caption = losses.caption_cross_entropy(logits, tokens, PAD_ID, hp.caption_label_smoothing)
-                loss = loss + hp.caption_weight * caption
-            self.opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt_g.step()
-        m.g_steps += 1

@@ -123,12 +123,12 @@ def main() -> None:
     for budget, (train_seconds, batches, state) in zip(sorted(args.minutes), snapshots):
         model.load_state_dict(state)
         generated = torch.cat(
-            [model.generate(captions[i : i + 250], seed=args.seed + i) for i in range(0, len(captions), 250)]
+            [model.ema.generate(captions[i : i + 250], seed=args.seed + i) for i in range(0, len(captions), 250)]
         )
         bleu, caption_accuracy = caption_quality(model, test, labels, args.bleu_images)
         rows.append((budget, train_seconds, batches, accuracy(judge, generated, labels), bleu, caption_accuracy))
     if args.out:  # samples of the longest run's weights (the last snapshot is loaded)
-        grid = prompt_grid(model.generate(captions[:8], num_images=6, seed=args.seed), captions[:8], scale=3)
+        grid = prompt_grid(model.ema.generate(captions[:8], num_images=6, seed=args.seed), captions[:8], scale=3)
         grid.save(os.path.join(args.out, "judged_samples.png"))
 
     print(f"\nquality_shapes: {torch.get_num_threads()} threads, {os.cpu_count()} cores")
@@ -157,13 +157,13 @@ def caption_quality(model, test: ShapesDataset, labels: dict, bleu_images: int) 
     data = model.trainer.datamodule.hparams
     val = ShapesDataset("val", bleu_images, model.hparams.resolution, data.seed, data.two_object_prob)
     images = torch.stack([val.image(i) for i in range(bleu_images)])
-    hypotheses = [c for i in range(0, bleu_images, 256) for c in model.caption(images[i : i + 256])]
+    hypotheses = [c for i in range(0, bleu_images, 256) for c in model.ema.caption(images[i : i + 256])]
     references = [
         [model.tokenizer.normalize(r) for r in val.references(i, data.num_references)] for i in range(len(val))
     ]
     bleu = corpus_bleu(hypotheses, references)
     test_images = torch.stack([test.image(i) for i in range(len(test))])
-    captions = [c for i in range(0, len(test), 256) for c in model.caption(test_images[i : i + 256])]
+    captions = [c for i in range(0, len(test), 256) for c in model.ema.caption(test_images[i : i + 256])]
     named = [named_attributes(c) for c in captions]
     right = [
         n["shape"] == [labels["shape"][i].item()] and n["colour"] == [labels["colour"][i].item()]

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COLD_START = """
 import sys, time
 start = time.perf_counter()
-import m2gan, m2gan.export  # m2gan.export pulls in torch, Lightning and the model
+import m2gan, m2gan.export  # m2gan.export pulls in torch and the networks (and Lightning, for the settings)
 imported = time.perf_counter()
 model = m2gan.load(sys.argv[1])
 model.generate(["a large red circle in the top left"])
@@ -89,29 +89,29 @@ def main() -> None:
         model = m2gan.load(checkpoint)
         n = args.batch_size
         # Distinct prompts (held-out shapes captions): no text work is shared between rows.
-        test = ShapesDataset("test", n, model.hparams.resolution)
+        test = ShapesDataset("test", n, model.resolution)
         prompts = [test.caption(i) for i in range(n)]
         tokens = model.encode_prompts(prompts)
         # A prompt with unknown words sends generate down its slower warning path: say so beside the figures.
         with_unknown_words = int((tokens == model.tokenizer.unk_id).any(dim=1).sum())
         with torch.inference_mode():
-            _, sentence = model.text_encoder_ema(tokens)
+            _, sentence = model.text_encoder(tokens)
             z = model.noise(n, torch.Generator().manual_seed(0))
 
         def generator_only() -> None:
             with torch.inference_mode():
-                model.generator_ema(z, sentence)
+                model.generator(z, sentence)
 
         def networks() -> None:  # every network a prompt passes through, from token ids
             with torch.inference_mode():
-                model.generator_ema(z, model.text_encoder_ema(tokens)[1])
+                model.generator(z, model.text_encoder(tokens)[1])
 
         def tokenize() -> None:
             model.encode_prompts(prompts)
 
         def text_encoder_only() -> None:
             with torch.inference_mode():
-                model.text_encoder_ema(tokens)
+                model.text_encoder(tokens)
 
         def generate() -> None:
             model.generate(prompts, num_images=1, seed=0, batch_size=n)
@@ -135,9 +135,9 @@ def main() -> None:
         import_seconds, load_and_first = map(float, cold)  # of the timed process itself
 
     source = args.ckpt or f"{args.config or 'configs/default.yaml'} (untrained)"
-    generator_parameters = sum(p.numel() for p in model.generator_ema.parameters()) / 1e6
+    generator_parameters = sum(p.numel() for p in model.generator.parameters()) / 1e6
     print(f"\nsampling_speed: {torch.get_num_threads()} threads, {os.cpu_count()} cores, batch {n}, "
-          f"median of {repeats}; model {source}: resolution {model.hparams.resolution}, "
+          f"median of {repeats}; model {source}: resolution {model.resolution}, "
           f"generator {generator_parameters:.2f} M parameters")  # fmt: skip
     if with_unknown_words:
         print(f"note: {with_unknown_words} of the {n} prompts hold words outside this model's vocabulary")

@@ -69,7 +69,7 @@ class AttributeAccuracy(pl.Callback):
         """Draw the captions and judge them; ``{"val/attr_acc/<attribute>": accuracy}``."""
         images = torch.cat(
             [
-                pl_module.generate(self._captions[start : start + self.batch_size], seed=self.seed + start)
+                pl_module.ema.generate(self._captions[start : start + self.batch_size], seed=self.seed + start)
                 for start in range(0, len(self._captions), self.batch_size)
             ]
         )

@@ -72,11 +72,11 @@ class CaptionBLEU(pl.Callback):
         indices = batch["index"].tolist() if "index" in batch else [None] * len(captions)
         if None in indices and trainer.world_size > 1:
             raise ValueError("CaptionBLEU under DDP needs batches with an 'index' entry to count each image once")
-        hypotheses = pl_module.caption(images, num_beams=self.num_beams)
+        hypotheses = pl_module.ema.caption(images, num_beams=self.num_beams)
         cycled = [None] * len(captions)
         if self.cycle:
-            drawn = pl_module.generate(captions, seed=self.seed + batch_idx)
-            cycled = pl_module.caption(drawn, num_beams=self.num_beams)
+            drawn = pl_module.ema.generate(captions, seed=self.seed + batch_idx)
+            cycled = pl_module.ema.caption(drawn, num_beams=self.num_beams)
         normalise = pl_module.tokenizer.normalize
         for i, (index, hypothesis, cycle) in enumerate(zip(indices, hypotheses, cycled)):
             key = index if index is not None else (batch_idx, i)

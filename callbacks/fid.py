@@ -190,7 +190,7 @@ class FID(pl.Callback):
         ]
         mine = [(b, block) for b, block in enumerate(blocks) if b % world_size == rank]
         batches = (
-            pl_module.generate(
+            pl_module.ema.generate(
                 [self._captions[i % len(self._captions)] for i in block], seed=self.seed + b, truncation=self.truncation
             )
             for b, block in mine

@@ -65,9 +65,9 @@ class SampleGrid(pl.Callback):
         self._last_step = step = trainer.global_step
         if not trainer.is_global_zero:
             return
-        images = pl_module.generate(self.prompts, num_images=self.num_images, seed=self.seed)
+        images = pl_module.ema.generate(self.prompts, num_images=self.num_images, seed=self.seed)
         n = self.num_images
-        captions = pl_module.caption(images)
+        captions = pl_module.ema.caption(images)
         rows = [
             {
                 "prompt": p,

@@ -1,15 +1,15 @@
-"""Loading models for sampling, and a pickle-free export format.
+"""Loading sampling pipelines, and a pickle-free export format.
 
 Two things can be loaded with :func:`load`:
 
 * a training checkpoint (``.ckpt``), unpickled with ``weights_only=True`` — tensors and plain
   containers only, so a crafted checkpoint cannot run code; one that needs more is refused;
 * an export folder written by :func:`export` (or ``m2gan-export``): ``model.safetensors`` with the
-  EMA generator, EMA text encoder and EMA captioner, and ``config.json`` with the model's settings
-  and tokenizer. Nothing in it is ever unpickled.
+  EMA text encoder, generator and captioner, and ``config.json`` with their sizes and the
+  tokenizer. Nothing in it is ever unpickled.
 
-Both give an :class:`~m2gan.model.M2GAN` in eval mode whose :meth:`generate` and :meth:`caption`
-behave the same.
+Both give a :class:`~m2gan.pipeline.SamplingPipeline` in eval mode whose ``generate`` and
+``caption`` behave the same. Neither builds the training module or the discriminator.
 """
 
 from __future__ import annotations
@@ -17,30 +17,33 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from m2gan.model import M2GAN, TOKENIZER_KEY
+from m2gan.checkpoint_io import TOKENIZER_KEY, CheckpointError, read_checkpoint
+from m2gan.model import M2GAN
 from m2gan.outputs import staged_folder
+from m2gan.pipeline import PipelineConfig, SamplingPipeline
 from m2gan.tokenizer import CaptionTokenizer
 
+__all__ = ["CheckpointError", "export", "load", "load_checkpoint", "load_export"]
+
 EXPORT_FORMAT = "m2gan-export"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 1: the whole model's settings under "hparams", weights named generator_ema.* etc.
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-EXPORTED_MODULES = ("generator_ema", "text_encoder_ema", "captioner_ema")
+EXPORTED_MODULES = ("text_encoder", "generator", "captioner")
+V1_NAMES = {"generator_ema": "generator", "text_encoder_ema": "text_encoder", "captioner_ema": "captioner"}
 
 
-class CheckpointError(ValueError):
-    """A checkpoint or export that cannot be loaded; the message names the file and the reason."""
-
-
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> M2GAN:
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", ema: bool = True) -> SamplingPipeline:
     """Load a training checkpoint (file) or an export (folder) for sampling, in eval mode.
+
+    Args:
+        ema: Sample with the EMA networks (the default); False takes a checkpoint's trained ones
+            (an export holds only the EMA networks).
 
     Raises:
         FileNotFoundError: nothing at ``path``.
@@ -49,52 +52,44 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> M
     """
     path = Path(path)
     if path.is_dir():
+        if not ema:
+            raise CheckpointError(f"{path}: an export holds only the EMA networks: load it with ema=True")
         return load_export(path, map_location)
-    return load_checkpoint(path, map_location)
+    return load_checkpoint(path, map_location, ema)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> M2GAN:
-    """Load a ``.ckpt`` written by training; see :func:`load`."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"{path}: refused: it holds objects that only a full unpickling could rebuild, and unpickling can run "
-            f"code ({str(error).splitlines()[0]}). Checkpoints written by M2GAN never need that; share models as "
-            "exports instead (m2gan-export CKPT --out DIR: safetensors and JSON, no pickle)"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {error}") from None
-    if not isinstance(checkpoint, dict) or TOKENIZER_KEY not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise CheckpointError(f"{path}: not an M2GAN checkpoint (no model settings or tokenizer in it)")
-    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
-    model = _build(path, hparams, CaptionTokenizer.from_json(checkpoint[TOKENIZER_KEY]))
-    state = checkpoint.get("state_dict", {})
-    model.add_missing_counters(state)
-    _load_weights(path, model, state, strict_modules=None)
-    return model.to(map_location).eval()
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", ema: bool = True
+) -> SamplingPipeline:
+    """Load the sampling pipeline of a ``.ckpt`` written by training; see :func:`load`."""
+    checkpoint = read_checkpoint(path, map_location)
+    config = _pipeline_config(path, checkpoint["hyper_parameters"])
+    prefix = "ema." if ema else ""
+    state = {
+        name[len(prefix) :]: value
+        for name, value in checkpoint["state_dict"].items()
+        if name.startswith(prefix) and name[len(prefix) :].split(".", 1)[0] in EXPORTED_MODULES
+    }
+    pipeline = _build(path, config, CaptionTokenizer.from_json(checkpoint[TOKENIZER_KEY]))
+    _load_weights(path, pipeline, state, prefix)
+    return pipeline.to(map_location).eval()
 
 
-def export(model: M2GAN, out_dir: str | os.PathLike) -> Path:
-    """Write ``model``'s EMA networks and settings to ``out_dir`` (which must not exist, or be empty).
+def export(pipeline: SamplingPipeline, out_dir: str | os.PathLike) -> Path:
+    """Write a sampling pipeline's networks, sizes and tokenizer to ``out_dir`` (which must not exist, or be empty).
 
     The files are written to a temporary folder beside ``out_dir`` and moved into place at the end,
-    so an interrupted export leaves nothing half-written.
+    so an interrupted export leaves nothing half-written. To export a training module, pass its
+    EMA pipeline (``model.ema``).
     """
-    if model.tokenizer is None:
+    if pipeline.tokenizer is None:
         raise ValueError("the model has no tokenizer: nothing could read its exports")
-    tensors = {
-        name: value.detach().cpu().contiguous()
-        for name, value in model.state_dict().items()
-        if name.split(".", 1)[0] in EXPORTED_MODULES
-    }
+    tensors = {name: value.detach().cpu().contiguous() for name, value in pipeline.state_dict().items()}
     config = {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
-        "hparams": {k: v for k, v in model.hparams.items() if not k.startswith("_")},
-        "tokenizer": model.tokenizer.to_json(),
+        "pipeline": pipeline.config.to_dict(),
+        "tokenizer": pipeline.tokenizer.to_json(),
     }
     with staged_folder(out_dir) as staging:
         save_file(tensors, staging / WEIGHTS_FILE, metadata={"format": EXPORT_FORMAT})
@@ -102,8 +97,8 @@ def export(model: M2GAN, out_dir: str | os.PathLike) -> Path:
     return Path(out_dir)
 
 
-def load_export(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> M2GAN:
-    """Load an export folder written by :func:`export`; see :func:`load`."""
+def load_export(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> SamplingPipeline:
+    """Load an export folder written by :func:`export` (this version or version 1); see :func:`load`."""
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     for needed in (config_path, weights_path):
@@ -115,70 +110,90 @@ def load_export(directory: str | os.PathLike, map_location: str | torch.device =
         raise CheckpointError(f"{config_path}: not valid JSON: {error}") from None
     if config.get("format") != EXPORT_FORMAT:
         raise CheckpointError(f"{config_path}: not an M2GAN export (format {config.get('format')!r})")
-    if config.get("version", 0) > EXPORT_VERSION:
+    version = config.get("version", 0)
+    if version > EXPORT_VERSION:
         raise CheckpointError(
-            f"{directory}: export version {config['version']} is newer than this M2GAN reads ({EXPORT_VERSION})"
+            f"{directory}: export version {version} is newer than this M2GAN reads ({EXPORT_VERSION})"
         )
     try:
         tensors = load_file(weights_path)
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
         raise CheckpointError(f"{weights_path}: not a readable safetensors file: {error}") from None
-    model = _build(directory, config["hparams"], CaptionTokenizer.from_json(config["tokenizer"]))
-    _load_weights(directory, model, tensors, strict_modules=EXPORTED_MODULES)
-    model.ema_only = True
-    return model.to(map_location).eval()
+    if version < 2:
+        sizes = _pipeline_config(directory, config["hparams"])
+        tensors = {_v1_name(name): value for name, value in tensors.items()}
+    else:
+        unknown = sorted(set(config["pipeline"]) - set(PipelineConfig.__dataclass_fields__))
+        if unknown:
+            raise CheckpointError(f"{config_path}: written by a newer or different M2GAN: unknown settings {unknown}")
+        sizes = _valid(directory, lambda: PipelineConfig(**config["pipeline"]))
+    pipeline = _build(directory, sizes, CaptionTokenizer.from_json(config["tokenizer"]))
+    _load_weights(directory, pipeline, tensors, prefix="")
+    return pipeline.to(map_location).eval()
 
 
-def _build(source: str | os.PathLike, hparams: dict, tokenizer: CaptionTokenizer) -> M2GAN:
-    known = set(inspect.signature(M2GAN.__init__).parameters) - {"self"}
-    unknown = sorted(set(hparams) - known)
+def _v1_name(name: str) -> str:
+    module, rest = name.split(".", 1)
+    return f"{V1_NAMES.get(module, module)}.{rest}"
+
+
+def _pipeline_config(source: str | os.PathLike, hparams: dict) -> PipelineConfig:
+    """The pipeline sizes of an ``M2GAN``'s saved settings; settings it did not save take today's defaults."""
+    signature = inspect.signature(M2GAN.__init__).parameters
+    hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    unknown = sorted(set(hparams) - set(signature) - {"self"})
     if unknown:
         raise CheckpointError(
             f"{source}: written by a newer or different M2GAN: unknown model settings {unknown}; "
             "load it with the M2GAN version that wrote it"
         )
+    defaults = {name: p.default for name, p in signature.items() if p.default is not inspect.Parameter.empty}
+    return _valid(source, lambda: PipelineConfig.from_settings({**defaults, **hparams}))
+
+
+def _valid(source: str | os.PathLike, make):  # noqa: ANN001, ANN202 - a thunk that raises TypeError/ValueError/KeyError
     try:
-        model = M2GAN(**hparams)
-        model.set_tokenizer(tokenizer)
-    except (TypeError, ValueError) as error:
+        return make()
+    except (TypeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{source}: its model settings are not valid here: {error}") from None
-    return model
+
+
+def _build(source: str | os.PathLike, config: PipelineConfig, tokenizer: CaptionTokenizer) -> SamplingPipeline:
+    return _valid(source, lambda: SamplingPipeline.build(config, tokenizer).requires_grad_(False))
 
 
 def _load_weights(
-    source: str | os.PathLike, model: M2GAN, state: dict[str, torch.Tensor], strict_modules: tuple[str, ...] | None
+    source: str | os.PathLike, pipeline: SamplingPipeline, state: dict[str, torch.Tensor], prefix: str
 ) -> None:
-    expected = {
-        name: value
-        for name, value in model.state_dict().items()
-        if strict_modules is None or name.split(".", 1)[0] in strict_modules
-    }
+    """Load ``state`` strictly; a mismatch names the weights by their names in ``source`` (with ``prefix``)."""
+    expected = pipeline.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(n for n in set(expected) & set(state) if expected[n].shape != state[n].shape)
     problems = []
     if missing:
-        problems.append(f"missing {_summary(missing)}")
+        problems.append(f"missing {_summary(missing, prefix)}")
     if unexpected:
-        problems.append(f"unexpected {_summary(unexpected)}")
+        problems.append(f"unexpected {_summary(unexpected, prefix)}")
     if wrong_shape:
-        problems.append(f"shapes differ for {_summary(wrong_shape)}")
+        problems.append(f"shapes differ for {_summary(wrong_shape, prefix)}")
     if problems:
         raise CheckpointError(
             f"{source}: does not fit this model ({'; '.join(problems)}); it was written by another M2GAN version "
             "or config"
         )
-    model.load_state_dict(state, strict=strict_modules is None)
+    pipeline.load_state_dict(state)
 
 
-def _summary(names: list[str], shown: int = 3) -> str:
-    modules = sorted({name.split(".", 1)[0] for name in names})
+def _summary(names: list[str], prefix: str, shown: int = 3) -> str:
+    modules = sorted({prefix + name.split(".", 1)[0] for name in names})
+    names = [prefix + name for name in names]
     listed = ", ".join(names[:shown]) + (f", … ({len(names)} in all)" if len(names) > shown else "")
     return f"weights of {', '.join(modules)}: {listed}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``m2gan-export CKPT --out DIR``: write a checkpoint's EMA networks as safetensors + JSON."""
+    """``m2gan-export CKPT --out DIR``: write a checkpoint's EMA sampling networks as safetensors + JSON."""
     import argparse
     import sys
 

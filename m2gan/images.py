@@ -18,8 +18,9 @@ ImageInput = str | os.PathLike | Image.Image
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] → uint8 in [0, 255], rounded as ``M2GAN.generate`` rounds (any shape)."""
-    return images.float().add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+    """Images in [-1, 1] → uint8 in [0, 255], rounded to the nearest level (any shape, any device)."""
+    # One temporary, then in place: at sampling sizes each extra temporary costs a full pass.
+    return images.float().add(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -1,45 +1,32 @@
-"""The M2GAN LightningModule: orchestrates networks, losses and optimisers.
+"""The M2GAN LightningModule: orchestrates the networks, the objective, the optimisers and the EMA.
 
 Three players: a generator (text -> image), a captioner (image -> text), and a multimodal
 discriminator with its text encoder, which judges (image, text) pairs. One training batch makes one
-discriminator step (``d_step``) and, every ``n_critic`` batches, one step of generator and captioner
-together (``g_step``) followed by an EMA update. Lightning's ``global_step`` counts *optimizer*
-steps, so with ``n_critic=1`` one batch advances it by 2: ``--trainer.max_steps 2000`` means 1,000
-batches. The default config therefore sets the run's length in batches through the epoch length
-(``data.train_size / data.batch_size``) and leaves ``max_steps`` unset.
+discriminator step and, every ``n_critic`` batches, one step of generator and captioner together
+followed by an EMA update. What each step minimises is :class:`~m2gan.objective.GANObjective`'s;
+how the EMA networks sample is :class:`~m2gan.pipeline.SamplingPipeline`'s (``model.ema``).
 
-Where the text encoder gets its gradient decides whether conditioning is learned at all: trained
-only to help the generator fool the discriminator, its features collapse and the generator ignores
-the text. Here it is trained by the discriminator's losses (matching-aware adversarial and
-image-text contrastive), and the generator sees its sentence vectors detached.
-
-The captioner learns from real pairs (teacher-forced cross-entropy). Through the cycle loss it
-also tells the generator whether its image can be read back as the prompt; for that term the
-captioner is frozen, or the two would agree on a private code instead of drawing the text.
+Lightning's ``global_step`` counts *optimizer* steps, so with ``n_critic=1`` one batch advances it
+by 2: ``--trainer.max_steps 2000`` means 1,000 batches. The default config therefore sets the run's
+length in batches through the epoch length (``data.train_size / data.batch_size``) and leaves
+``max_steps`` unset.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
-import warnings
-from collections.abc import Iterator, Sequence
-from typing import Literal, NamedTuple
-
 import pytorch_lightning as pl
 import torch
 
-from m2gan import decoding, losses, rng
+from m2gan import losses, rng
+from m2gan.checkpoint_io import RNG_KEY, TOKENIZER_KEY, read_checkpoint, upgrade_state_dict
 from m2gan.ema import ema_beta, update_ema
-from m2gan.images import ImageInput, prepare_images
-from m2gan.negatives import swap_one_word
-from m2gan.networks import Captioner, Discriminator, Generator, TextEncoder
+from m2gan.networks import Discriminator
 from m2gan.networks.generator import check_resolution
-from m2gan.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, CaptionTokenizer
-
-TOKENIZER_KEY = "m2gan_tokenizer"
-RNG_KEY = "m2gan_rng_states"
+from m2gan.objective import GANObjective, GradientPenalty, ObjectiveConfig, TextBatch
+from m2gan.pipeline import PipelineConfig, SamplingPipeline
+from m2gan.tokenizer import CaptionTokenizer
 
 
 class CheckpointMismatch(ValueError):
@@ -48,32 +35,6 @@ class CheckpointMismatch(ValueError):
 
 class DivergenceError(RuntimeError):
     """Training produced non-finite losses or gradients for too many consecutive steps."""
-
-
-class TextBatch(NamedTuple):
-    """What the discriminator step hands the generator step about a batch's captions."""
-
-    tokens: torch.Tensor
-    """(B, L) token rows of the batch's captions."""
-    sentence: torch.Tensor
-    """(B, S) their sentence vectors, detached."""
-    swapped_sentence: torch.Tensor | None
-    """(B, S) sentence vectors of the word-swapped captions (None when ``swap_weight`` is 0)."""
-    sampled_tokens: torch.Tensor | None
-    """(B, L) the captioner's sampled captions of the real images (None unless the adversarial
-    caption loss is on)."""
-
-
-@contextlib.contextmanager
-def frozen(module: torch.nn.Module) -> Iterator[None]:
-    """Within the block, ``module``'s parameters record no gradient (gradients still flow through it)."""
-    flags = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(module.parameters(), flags):
-            p.requires_grad_(flag)
 
 
 class M2GAN(pl.LightningModule):
@@ -135,10 +96,9 @@ class M2GAN(pl.LightningModule):
         ema_half_life_images: Half-life of the EMA generator's (and captioner's) weights, in training images.
         ema_rampup: Cap the EMA half-life at this fraction of the images seen so far; None = off.
         channels_last: Keep convolution weights in channels-last (NHWC) memory layout, which
-            oneDNN on CPUs (and tensor cores on GPUs) run faster: the default config's training
-            batch ran 1.21× (16-channel discriminator) and 1.32× (32 channels) faster than with
-            the contiguous layout on a 2-core CPU (``benchmarks/efficiency.py``). Numerics differ
-            from the contiguous layout only by floating-point summation order.
+            oneDNN on CPUs (and tensor cores on GPUs) run faster (``benchmarks/efficiency.py``
+            measures by how much). Numerics differ from the contiguous layout only by
+            floating-point summation order.
     """
 
     def __init__(
@@ -160,7 +120,7 @@ class M2GAN(pl.LightningModule):
         contrastive_weight_d: float = 1.0,
         contrastive_weight_g: float = 1.0,
         contrastive_temperature: float = 0.1,
-        gradient_penalty: Literal["r1", "ma_gp", "none"] = "r1",
+        gradient_penalty: GradientPenalty = "r1",
         gp_weight: float = 0.1,
         gp_interval: int = 4,
         n_critic: int = 1,
@@ -208,44 +168,42 @@ class M2GAN(pl.LightningModule):
         self._rng_to_restore: dict | None = None
         self._train_logs: dict[str, torch.Tensor] = {}  # written by write_train_logs
 
-        self.text_encoder = TextEncoder(vocab_size, max_length, text_width, sentence_dim, text_layers)
-        self.generator = Generator(resolution, noise_dim, sentence_dim, g_channels, max_channels)
+        sizes = PipelineConfig.from_settings(self.hparams)
+        self.text_encoder = sizes.text_encoder()
+        self.generator = sizes.generator()
         self.discriminator = Discriminator(resolution, sentence_dim, d_channels, max_channels, embed_dim)
-        self.captioner = Captioner(
-            resolution,
-            vocab_size,
-            max_length,
-            width=captioner_width,
-            num_layers=captioner_layers,
-            base_channels=captioner_channels,
-            max_channels=max_channels,
+        if channels_last:
+            self.discriminator.to(memory_format=torch.channels_last)
+        self.captioner = sizes.captioner()
+        # The sampling pipeline: EMA copies of text encoder, generator and captioner, never trained directly.
+        self.ema = SamplingPipeline(
+            *(copy.deepcopy(net).requires_grad_(False) for net in (self.text_encoder, self.generator, self.captioner)),
+            config=sizes,
         )
-        if channels_last:  # before the EMA copies, which inherit the layout
-            self.to(memory_format=torch.channels_last)
-        # The sampling pipeline: EMA copies of generator, text encoder and captioner, never trained directly.
-        self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
-        self.text_encoder_ema = copy.deepcopy(self.text_encoder).requires_grad_(False)
-        self.captioner_ema = copy.deepcopy(self.captioner).requires_grad_(False)
+        self.objective = GANObjective(
+            self.text_encoder,
+            self.generator,
+            self.discriminator,
+            self.captioner,
+            ObjectiveConfig.from_settings(self.hparams),
+        )
         # Counters live in buffers so they travel in checkpoints (lazy-penalty phase, EMA ramp-up).
         self.register_buffer("d_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("g_steps", torch.zeros((), dtype=torch.long))
         # Divergence guard: all skipped steps, and the current run of consecutive ones per network.
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("bad_run", torch.zeros(2, dtype=torch.long))  # (discriminator, generator)
-        self.tokenizer: CaptionTokenizer | None = None
-        # True when loaded from an export, which holds only the EMA networks.
-        self.ema_only = False
 
     # ------------------------------------------------------------------ setup and checkpoints
 
+    @property
+    def tokenizer(self) -> CaptionTokenizer | None:
+        """The tokenizer of the captions (the sampling pipeline's); saved inside every checkpoint."""
+        return self.ema.tokenizer
+
     def set_tokenizer(self, tokenizer: CaptionTokenizer) -> None:
-        """Attach the tokenizer the token ids come from; it is saved inside every checkpoint."""
-        if tokenizer.vocab_size != self.hparams.vocab_size or tokenizer.max_length != self.hparams.max_length:
-            raise ValueError(
-                f"tokenizer (vocab_size={tokenizer.vocab_size}, max_length={tokenizer.max_length}) does not fit "
-                f"this model (vocab_size={self.hparams.vocab_size}, max_length={self.hparams.max_length})"
-            )
-        self.tokenizer = tokenizer
+        """Attach the tokenizer the token ids come from; it must fit ``vocab_size`` and ``max_length``."""
+        self.ema.set_tokenizer(tokenizer)
 
     def setup(self, stage: str) -> None:
         # The data module owns the tokenizer it fitted on the training captions.
@@ -265,13 +223,14 @@ class M2GAN(pl.LightningModule):
             rng.restore(self._rng_to_restore)
             self._rng_to_restore = None
 
-    def add_missing_counters(self, state_dict: dict) -> None:
-        """Give a state dict written before the divergence-guard counters existed those counters at zero."""
-        for name in ("skipped_steps", "bad_run"):
+    def upgrade_state_dict(self, state_dict: dict) -> None:
+        """Bring a state dict of an older M2GAN to today's names; counters it lacks start at zero."""
+        upgrade_state_dict(state_dict)
+        for name in ("skipped_steps", "bad_run"):  # the divergence guard's, newer than some checkpoints
             state_dict.setdefault(name, torch.zeros_like(getattr(self, name)))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.add_missing_counters(checkpoint.setdefault("state_dict", {}))
+        self.upgrade_state_dict(checkpoint.setdefault("state_dict", {}))
         # Restored right before the next training batch, not now: Lightning draws from the global
         # RNG while it rebuilds the data loaders, which the uninterrupted run did at epoch start.
         self._rng_to_restore = checkpoint.get(RNG_KEY)
@@ -293,18 +252,22 @@ class M2GAN(pl.LightningModule):
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> M2GAN:
-        """Load a training checkpoint or an export folder, ready for :meth:`generate` (eval mode).
+        """The whole training module of a checkpoint (all four networks, the counters), in eval mode.
 
-        Same as :func:`m2gan.load`: checkpoints are unpickled with ``weights_only=True`` only, and
-        bad files raise one clear error (see :func:`m2gan.export.load`).
+        To sample, :func:`m2gan.load` is lighter: it reads only the sampling pipeline. Checkpoints
+        are unpickled with ``weights_only=True`` only, and bad files raise one clear
+        :class:`~m2gan.checkpoint_io.CheckpointError`.
         """
-        from m2gan.export import load  # the export module builds on this class
-
-        return load(path, map_location)
+        checkpoint = read_checkpoint(path, map_location)
+        hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+        model = cls(**hparams)
+        model.on_load_checkpoint(checkpoint)
+        model.load_state_dict(checkpoint["state_dict"])
+        return model.to(map_location).eval()
 
     def configure_optimizers(self):
         hp = self.hparams
-        # Generator and captioner are the two generating players: they step together in g_step.
+        # Generator and captioner are the two generating players: they step together.
         opt_g = torch.optim.Adam(
             [
                 {"params": self.generator.parameters()},
@@ -332,168 +295,35 @@ class M2GAN(pl.LightningModule):
         if step % self.trainer.log_every_n_steps == 0:
             self.write_train_logs()
 
-    def show_losses(self) -> None:
-        """Put the latest ``d_loss`` and ``g_loss`` on the progress bar.
+    def d_step(self, images: torch.Tensor, tokens: torch.Tensor, opt_d) -> TextBatch:
+        """One discriminator (and text encoder) update; returns what the generator step needs."""
+        with self.toggled_optimizer(opt_d):
+            d_loss = self.objective.discriminator_loss(images, tokens, penalty=self.penalty_due())
+            self._optimizer_step(opt_d, d_loss.loss, "discriminator")
+        self.d_steps += 1
+        self._train_logs.update(d_loss.logs)
+        return d_loss.text
 
-        Called after the first batch, then every ``trainer.log_every_n_steps`` batches as the loggers
-        get their metrics; not every batch, because a ``self.log`` call costs about a millisecond of
-        Lightning bookkeeping on a CPU: the two cost about 2% of a default training batch
-        (``benchmarks/overhead.py``).
-        """
-        for name in ("d_loss", "g_loss"):
-            if f"train/{name}" in self._train_logs:
-                self.log(name, self._train_logs[f"train/{name}"], prog_bar=True, logger=False)
-
-    def write_train_logs(self) -> None:
-        """Send the latest training metrics (``train/*``) to every logger, at step = batches trained.
-
-        Training metrics bypass ``self.log``: its bookkeeping costs about a millisecond per key on
-        a CPU, which made 14 keys a batch 10% of a default training batch
-        (``benchmarks/overhead.py``). They are written every ``trainer.log_every_n_steps`` batches
-        and at the end of training, as ``self.log`` would; the values are the latest batch's. So
-        they are not in ``trainer.callback_metrics``: monitor ``val/*`` metrics in callbacks.
-        """
-        if self._train_logs:
-            metrics = {name: float(value) for name, value in self._train_logs.items()}
-            for logger in self.loggers:  # Lightning's loggers write on rank zero only
-                logger.log_metrics(metrics, step=int(self.d_steps))
-            self._train_logs.clear()
-
-    def on_train_end(self) -> None:
-        self.write_train_logs()
-
-    @property
-    def has_gradient_penalty(self) -> bool:
-        """Whether the config applies a gradient penalty at all (on every ``gp_interval``-th D step)."""
-        return self.hparams.gradient_penalty != "none" and self.hparams.gp_weight > 0
+    def g_step(self, images: torch.Tensor, text: TextBatch, opt_g) -> None:
+        """One update of generator and captioner for a batch of real ``images`` and their ``text``."""
+        with self.toggled_optimizer(opt_g):
+            g_loss = self.objective.generator_loss(images, text)
+            self._optimizer_step(opt_g, g_loss.loss, "generator")
+        self.g_steps += 1
+        self._train_logs.update(g_loss.logs)
 
     def penalty_due(self) -> bool:
         """Whether the next discriminator step applies the (lazy) gradient penalty."""
-        return self.has_gradient_penalty and int(self.d_steps) % self.hparams.gp_interval == 0
-
-    def d_step(self, images: torch.Tensor, tokens: torch.Tensor, opt_d) -> TextBatch:
-        """One discriminator (and text encoder) update; returns what the generator step needs."""
-        hp = self.hparams
-        batch_size = images.shape[0]
-        lazy_penalty = self.penalty_due()
-        use_swaps = hp.swap_weight > 0
-        sampled_tokens = None
-        if hp.caption_adversarial_weight > 0:
-            with torch.no_grad():
-                sampled_tokens = self._sample_captions(self.captioner, images, temperature=1.0)
-        with self.toggled_optimizer(opt_d):
-            texts = [tokens]
-            if use_swaps:
-                texts.append(swap_one_word(tokens, len(SPECIAL_TOKENS)))
-            if sampled_tokens is not None:
-                texts.append(sampled_tokens)
-            _, sentences = self.text_encoder(torch.cat(texts))  # (B * len(texts), S)
-            sentences = sentences.split(batch_size)
-            sentence = sentences[0]
-            with torch.no_grad():
-                fake = self.generator(self.noise(batch_size), sentence.detach())  # (B, 3, H, W)
-            if lazy_penalty:
-                images = images.detach().requires_grad_(True)
-            embedding, unconditional = self.discriminator.features(torch.cat([images, fake]))  # (2B, E), (2B,)
-            real, fake = (
-                (embedding[:batch_size], unconditional[:batch_size]),
-                (embedding[batch_size:], unconditional[batch_size:]),
-            )
-            text_embedding = self.discriminator.embed_text(sentence)  # (B, E)
-            swapped_embedding = self.discriminator.embed_text(sentences[1]) if use_swaps else None
-            real_logits = self.discriminator.score(real, text_embedding)
-            fake_logits = self.discriminator.score(fake, text_embedding)
-            # Each image paired with the previous sample's caption: the matching-aware negatives.
-            mismatched_logits = self.discriminator.score(real, text_embedding.roll(1, dims=0))
-            negatives = [(fake_logits, 1.0), (mismatched_logits, hp.mismatch_weight)]
-            if use_swaps:
-                swapped_logits = self.discriminator.score(real, swapped_embedding)
-                negatives.append((swapped_logits, hp.swap_weight))
-            if sampled_tokens is not None:
-                sampled_logits = self.discriminator.score(real, self.discriminator.embed_text(sentences[-1]))
-                negatives.append((sampled_logits, hp.caption_adversarial_weight))
-            loss = losses.d_adversarial(real_logits, negatives, hp.adversarial_loss)
-            logs = {"train/d_adv": loss.detach()}
-            if hp.contrastive_weight_d > 0:
-                contrastive = losses.contrastive(real[0], text_embedding, hp.contrastive_temperature, swapped_embedding)
-                loss = loss + hp.contrastive_weight_d * contrastive
-                logs["train/d_contrastive"] = contrastive.detach()
-            if lazy_penalty:
-                if hp.gradient_penalty == "r1":
-                    penalty = 0.5 * hp.gp_weight * losses.r1_penalty(real_logits, images)
-                else:
-                    penalty = hp.gp_weight * losses.matching_aware_gradient_penalty(real_logits, images, sentence)
-                loss = loss + hp.gp_interval * penalty
-                logs["train/gradient_penalty"] = penalty.detach()
-            self._optimizer_step(opt_d, loss, "discriminator")
-        self.d_steps += 1
-        with torch.no_grad():
-            logs["train/d_loss"] = loss.detach()
-            logs["train/real_logit"] = real_logits.mean()
-            logs["train/fake_logit"] = fake_logits.mean()
-            logs["train/match_acc"] = (real_logits > mismatched_logits).float().mean()
-            if use_swaps:
-                logs["train/swap_acc"] = (real_logits > swapped_logits).float().mean()
-        self._train_logs.update(logs)
-        swapped_sentence = sentences[1].detach() if use_swaps else None
-        return TextBatch(tokens, sentence.detach(), swapped_sentence, sampled_tokens)
-
-    def g_step(self, images: torch.Tensor, text: TextBatch, opt_g) -> None:
-        """One update of generator and captioner for a batch of real ``images`` and their ``text``.
-
-        The generator draws the batch's captions (adversarial, contrastive and cycle losses); the
-        captioner describes the real images (cross-entropy and, if on, adversarial caption loss).
-        """
-        hp = self.hparams
-        sentence = text.sentence
-        with self.toggled_optimizer(opt_g):
-            fake = self.generator(self.noise(sentence.shape[0]), sentence)  # (B, 3, H, W)
-            fake_features = self.discriminator.features(fake)
-            text_embedding = self.discriminator.embed_text(sentence)
-            loss = losses.g_adversarial(self.discriminator.score(fake_features, text_embedding), hp.adversarial_loss)
-            logs = {"train/g_adv": loss.detach()}
-            if hp.contrastive_weight_g > 0:
-                swapped = text.swapped_sentence
-                hard = self.discriminator.embed_text(swapped) if swapped is not None else None
-                contrastive = losses.contrastive(fake_features[0], text_embedding, hp.contrastive_temperature, hard)
-                loss = loss + hp.contrastive_weight_g * contrastive
-                logs["train/g_contrastive"] = contrastive.detach()
-            if hp.cycle_weight > 0:
-                with frozen(self.captioner):
-                    cycle = losses.caption_cross_entropy(self.captioner(fake, text.tokens), text.tokens, PAD_ID)
-                loss = loss + hp.cycle_weight * cycle
-                logs["train/cycle"] = cycle.detach()
-            use_real_captions = hp.caption_weight > 0 or text.sampled_tokens is not None
-            # Both real-image terms read the same image tokens: encode the images once.
-            memory = self.captioner.encode(images) if use_real_captions else None  # (B, P, W)
-            if hp.caption_weight > 0:
-                logits = self.captioner.decode(memory, text.tokens[:, :-1])  # (B, L-1, V)
-                caption = losses.caption_cross_entropy(logits, text.tokens, PAD_ID, hp.caption_label_smoothing)
-                loss = loss + hp.caption_weight * caption
-                logs["train/caption"] = caption.detach()
-            if text.sampled_tokens is not None:
-                relaxed = decoding.straight_through(self.captioner, memory, text.sampled_tokens, hp.caption_temperature)
-                _, sampled_sentence = self.text_encoder(relaxed)  # frozen here: trained by d_step
-                with torch.no_grad():
-                    real_features = self.discriminator.features(images)
-                sampled_logits = self.discriminator.score(
-                    real_features, self.discriminator.embed_text(sampled_sentence)
-                )
-                caption_adversarial = losses.g_adversarial(sampled_logits, hp.adversarial_loss)
-                loss = loss + hp.caption_adversarial_weight * caption_adversarial
-                logs["train/caption_adv"] = caption_adversarial.detach()
-            self._optimizer_step(opt_g, loss, "generator")
-        self.g_steps += 1
-        logs["train/g_loss"] = loss.detach()
-        self._train_logs.update(logs)
+        config = self.objective.config
+        return config.has_gradient_penalty and int(self.d_steps) % config.gp_interval == 0
 
     def update_ema(self, batch_size: int) -> None:
-        """Move the EMA generator, text encoder and captioner towards the trained ones."""
+        """Move the EMA text encoder, generator and captioner towards the trained ones."""
         hp = self.hparams
         beta = ema_beta(batch_size, hp.ema_half_life_images, int(self.g_steps) * batch_size, hp.ema_rampup)
-        update_ema(self.generator_ema, self.generator, beta)
-        update_ema(self.text_encoder_ema, self.text_encoder, beta)
-        update_ema(self.captioner_ema, self.captioner, beta)
+        update_ema(self.ema.generator, self.generator, beta)
+        update_ema(self.ema.text_encoder, self.text_encoder, beta)
+        update_ema(self.ema.captioner, self.captioner, beta)
 
     def _optimizer_step(self, optimizer, loss: torch.Tensor, player: str) -> None:
         """Backward, clip and step — unless the loss or a gradient is not finite (then skip and count)."""
@@ -503,9 +333,9 @@ class M2GAN(pl.LightningModule):
         # ranks take the same decision below.
         self.manual_backward(loss)
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        # One fused foreach norm instead of an isfinite kernel per tensor: 3.5-5.3 ms -> 1.0 ms a
-        # batch on 2 CPU cores. The norm is NaN/inf when an entry is (or, harmlessly, when a
-        # gradient is so large, ~1e19, that its square overflows: such a step is skipped too).
+        # One fused foreach norm instead of an isfinite kernel per tensor. The norm is NaN/inf when
+        # an entry is (or, harmlessly, when a gradient is so large, ~1e19, that its square
+        # overflows: such a step is skipped too).
         finite = torch.isfinite(loss) & torch.isfinite(torch.nn.utils.get_total_norm(grads))
         which = 0 if player == "discriminator" else 1
         if not finite:
@@ -525,22 +355,37 @@ class M2GAN(pl.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         optimizer.step()
 
-    def noise(
-        self, batch_size: int, generator: torch.Generator | None = None, truncation: float | None = None
-    ) -> torch.Tensor:
-        """Standard normal noise (B, noise_dim) on the model's device, truncated to ``±truncation`` if given."""
-        if truncation is None:
-            z = torch.randn(batch_size, self.hparams.noise_dim, generator=generator)
-        else:
-            if truncation <= 0:
-                raise ValueError(f"truncation must be positive, got {truncation}")
-            # Inverse-CDF sampling of the truncated normal: exact, one draw, reproducible with a seed.
-            edge = torch.special.ndtr(torch.tensor(-float(truncation), dtype=torch.float64))
-            u = torch.rand(batch_size, self.hparams.noise_dim, generator=generator, dtype=torch.float64)
-            z = torch.special.ndtri(edge + u * (1 - 2 * edge)).float()
-        return z.to(self.device)
+    # ------------------------------------------------------------------ logging
 
-    # ------------------------------------------------------------------ validation
+    def show_losses(self) -> None:
+        """Put the latest ``d_loss`` and ``g_loss`` on the progress bar.
+
+        Called after the first batch, then every ``trainer.log_every_n_steps`` batches as the loggers
+        get their metrics; not every batch, because a ``self.log`` call costs about a millisecond of
+        Lightning bookkeeping on a CPU, a measurable share of a small training batch.
+        """
+        for name in ("d_loss", "g_loss"):
+            if f"train/{name}" in self._train_logs:
+                self.log(name, self._train_logs[f"train/{name}"], prog_bar=True, logger=False)
+
+    def write_train_logs(self) -> None:
+        """Send the latest training metrics (``train/*``) to every logger, at step = batches trained.
+
+        Training metrics bypass ``self.log``: its bookkeeping costs about a millisecond per key on
+        a CPU, too much for 14 keys a batch. They are written every ``trainer.log_every_n_steps``
+        batches and at the end of training, as ``self.log`` would; the values are the latest
+        batch's. So they are not in ``trainer.callback_metrics``: monitor ``val/*`` metrics in callbacks.
+        """
+        if self._train_logs:
+            metrics = {name: float(value) for name, value in self._train_logs.items()}
+            for logger in self.loggers:  # Lightning's loggers write on rank zero only
+                logger.log_metrics(metrics, step=int(self.d_steps))
+            self._train_logs.clear()
+
+    def on_train_end(self) -> None:
+        self.write_train_logs()
+
+    # ------------------------------------------------------------------ validation and prediction
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -549,81 +394,14 @@ class M2GAN(pl.LightningModule):
         self._evaluate(batch, "test")
 
     def _evaluate(self, batch: dict, split: str) -> None:
-        """Log how often the discriminator ranks a real matching pair above a mismatched and a generated one."""
         images, tokens = batch["image"], batch["tokens"]
-        _, sentence = self.text_encoder(tokens)
-        _, sentence_ema = self.text_encoder_ema(tokens)
         # Noise seeded by the batch's first sample: validation never draws from the training RNG
         # (exact resume) and gives the same numbers in every run and under any number of processes.
         seed = int(batch["index"][0]) if "index" in batch else 0
-        fake = self.generator_ema(self.noise(images.shape[0], torch.Generator().manual_seed(seed)), sentence_ema)
-        text_embedding = self.discriminator.embed_text(sentence)
-        real = self.discriminator.features(images)
-        real_logits = self.discriminator.score(real, text_embedding)
-        fake_logits = self.discriminator.score(self.discriminator.features(fake), text_embedding)
-        mismatched_logits = self.discriminator.score(real, text_embedding.roll(1, 0))
-        caption_logits = self.captioner_ema(images, tokens)
-        self.log_dict(
-            {
-                f"{split}/match_acc": (real_logits > mismatched_logits).float().mean(),
-                f"{split}/real_vs_fake_acc": (real_logits > fake_logits).float().mean(),
-                f"{split}/caption_loss": losses.caption_cross_entropy(caption_logits, tokens, PAD_ID),
-            },
-            batch_size=images.shape[0],
-        )
-
-    # ------------------------------------------------------------------ sampling
-
-    @torch.inference_mode()
-    def generate(
-        self,
-        prompts: Sequence[str],
-        num_images: int = 1,
-        seed: int = 0,
-        truncation: float | None = None,
-        ema: bool = True,
-        batch_size: int | None = None,
-    ) -> torch.Tensor:
-        """Draw images for text prompts.
-
-        Args:
-            prompts: Captions to draw; none may be empty.
-            num_images: Images per prompt.
-            seed: Noise seed. All noise of a call is drawn at once on the CPU, so the same seed
-                gives the same images for any ``batch_size`` (on the same device).
-            truncation: Truncation trick (BigGAN, DF-GAN): noise drawn from a normal truncated to
-                ``[-truncation, truncation]`` — lower values trade variety for fidelity; None = off.
-            ema: Use the EMA generator and text encoder (the default); False uses the trained ones.
-            batch_size: Images per forward pass; None = all at once.
-
-        Returns:
-            uint8 tensor (len(prompts) * num_images, 3, H, W) on the CPU, the images of prompt ``i``
-            at rows ``i * num_images … (i + 1) * num_images - 1``.
-        """
-        tokens = self.encode_prompts(prompts)
-        if num_images < 1:
-            raise ValueError(f"num_images must be at least 1, got {num_images}")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if not ema:
-            self._require_trained_weights()
-        text_encoder = self.text_encoder_ema if ema else self.text_encoder
-        _, sentence = text_encoder(tokens.to(self.device))
-        sentence = sentence.repeat_interleave(num_images, dim=0)  # (N, S)
-        z = self.noise(sentence.shape[0], torch.Generator().manual_seed(seed), truncation)
-        return self._draw(self.generator_ema if ema else self.generator, z, sentence, batch_size)
-
-    @staticmethod
-    def _draw(
-        generator: torch.nn.Module, z: torch.Tensor, sentence: torch.Tensor, batch_size: int | None
-    ) -> torch.Tensor:
-        """uint8 CPU images (N, 3, H, W) for noise (N, noise_dim) and sentence vectors (N, S)."""
-        step = batch_size or z.shape[0]
-        chunks = [generator(z[i : i + step], sentence[i : i + step]) for i in range(0, z.shape[0], step)]
-        images = chunks[0] if len(chunks) == 1 else torch.cat(chunks)  # (N, 3, H, W) in [-1, 1]
-        # In place: sampling runs under inference mode, and each temporary would cost a full pass.
-        images = images.float().add_(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).cpu()
-        return images.contiguous()  # a channels-last generator's output is NHWC in memory
+        _, sentence_ema = self.ema.text_encoder(tokens)
+        fake = self.ema.generator(self.ema.noise(images.shape[0], torch.Generator().manual_seed(seed)), sentence_ema)
+        metrics = self.objective.validation_metrics(images, tokens, fake, self.ema.captioner(images, tokens))
+        self.log_dict({f"{split}/{name}": value for name, value in metrics.items()}, batch_size=images.shape[0])
 
     @torch.inference_mode()
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
@@ -632,80 +410,4 @@ class M2GAN(pl.LightningModule):
         Used by ``python train.py predict``: each row's noise comes from its own seed, so an image
         does not depend on the batch it was drawn in. Returns the batch with ``images`` (uint8) added.
         """
-        _, sentence = self.text_encoder_ema(self.encode_prompts(batch["prompt"]).to(self.device))
-        z = torch.cat([self.noise(1, torch.Generator().manual_seed(int(seed))) for seed in batch["seed"]])
-        return {**batch, "images": self._draw(self.generator_ema, z, sentence, batch_size=None)}
-
-    def _require_trained_weights(self) -> None:
-        if self.ema_only:
-            raise ValueError("this model was loaded from an export, which holds only the EMA networks: use ema=True")
-
-    @torch.inference_mode()
-    def caption(
-        self,
-        images: torch.Tensor | Sequence[ImageInput] | ImageInput,
-        num_beams: int = 1,
-        temperature: float = 0.0,
-        seed: int = 0,
-        length_penalty: float = 1.0,
-        ema: bool = True,
-    ) -> list[str]:
-        """Describe images with the EMA captioner.
-
-        Args:
-            images: A tensor (N, 3, H, W) or (3, H, W), uint8 in [0, 255] or float in [-1, 1]
-                (resized to the model's resolution), or image files / PIL images (converted to RGB,
-                shorter side resized, centre-cropped).
-            num_beams: 1 decodes greedily (or samples, see ``temperature``); more runs beam search.
-            temperature: With ``num_beams=1``, a positive value samples tokens at this temperature.
-            seed: Seed of the sampling (``temperature > 0``).
-            length_penalty: Beam search ranks captions by log-probability / length ** this.
-            ema: Use the EMA captioner (the default); False uses the trained one.
-
-        Returns:
-            One caption per image.
-        """
-        if self.tokenizer is None:
-            raise RuntimeError("this model has no tokenizer: load it from a checkpoint or call set_tokenizer()")
-        if num_beams > 1 and temperature > 0:
-            raise ValueError("choose beam search (num_beams > 1) or sampling (temperature > 0), not both")
-        pixels = prepare_images(images, self.hparams.resolution).to(self.device)
-        if not ema:
-            self._require_trained_weights()
-        captioner = self.captioner_ema if ema else self.captioner
-        if num_beams > 1:
-            tokens = decoding.beam_search(
-                captioner, pixels, BOS_ID, EOS_ID, PAD_ID, num_beams=num_beams, length_penalty=length_penalty
-            )
-        else:
-            generator = torch.Generator(self.device).manual_seed(seed)
-            tokens = self._sample_captions(captioner, pixels, temperature, generator)
-        return [self.tokenizer.decode(row) for row in tokens.cpu()]
-
-    def _sample_captions(
-        self, captioner: Captioner, images: torch.Tensor, temperature: float, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        return decoding.sample(captioner, images, BOS_ID, EOS_ID, PAD_ID, temperature=temperature, generator=generator)
-
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Validate prompts and turn them into token ids (B, L); warn once about unknown words.
-
-        ``L`` is the longest prompt's length (at most ``max_length``): trailing columns that are
-        padding in every row are dropped, which the text encoder's padding mask makes exact and
-        saves it work.
-        """
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if not prompts:
-            raise ValueError("no prompts given")
-        for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"prompt {i} is empty: every prompt needs at least one word")
-        if self.tokenizer is None:
-            raise RuntimeError("this model has no tokenizer: load it from a checkpoint or call set_tokenizer()")
-        tokens = self.tokenizer.encode(prompts)
-        if (tokens == UNK_ID).any():  # only then is it worth re-reading the prompts word by word
-            unknown = sorted({w for p in prompts for w in self.tokenizer.unknown_words(p)})
-            warnings.warn(f"words not in the training vocabulary are ignored as [UNK]: {unknown}", stacklevel=3)
-        used = (tokens != PAD_ID).any(dim=0).nonzero()
-        return tokens[:, : int(used.max()) + 1]
+        return {**batch, "images": self.ema.generate_rows(batch["prompt"], batch["seed"])}

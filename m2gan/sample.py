@@ -80,7 +80,7 @@ def run_generate(args: argparse.Namespace, model) -> str:
         raise ValueError(f"--num-images must be at least 1, got {args.num_images}")
     with staged_folder(args.out) as folder:
         images = model.generate(
-            prompts, args.num_images, args.seed, truncation=args.truncation, ema=args.ema, batch_size=args.batch_size
+            prompts, args.num_images, args.seed, truncation=args.truncation, batch_size=args.batch_size
         )
         write_images(folder, images, prompts, args.num_images, args.seed, args.truncation)
         if args.grid:
@@ -112,10 +112,10 @@ def run_caption(args: argparse.Namespace, model) -> str:
     if args.num_beams < 1:
         raise ValueError(f"--num-beams must be at least 1, got {args.num_beams}")
     # Read every image before captioning any, so a bad file fails the run before output is written.
-    pixels = torch.stack([load_image(file, model.hparams.resolution) for file in files])
+    pixels = torch.stack([load_image(file, model.resolution) for file in files])
     captions = []
     for start in range(0, len(files), args.batch_size):
-        captions += model.caption(pixels[start : start + args.batch_size], num_beams=args.num_beams, ema=args.ema)
+        captions += model.caption(pixels[start : start + args.batch_size], num_beams=args.num_beams)
     lines = [json.dumps({"file": str(file), "caption": caption}) for file, caption in zip(files, captions)]
     if args.out is None:
         print("\n".join(lines))
@@ -147,7 +147,7 @@ def _run(args: argparse.Namespace, load) -> int:
         device = pick_device(args.device)
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-        model = load(args.checkpoint, map_location=device)
+        model = load(args.checkpoint, map_location=device, ema=args.ema)
         summary = run_generate(args, model) if args.command == "generate" else run_caption(args, model)
     except (ValueError, FileNotFoundError) as error:
         print(f"m2gan-sample: error: {error}", file=sys.stderr)

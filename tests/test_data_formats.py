@@ -323,4 +323,4 @@ def test_train_py_fits_each_format(tmp_path, data_format):
     model = M2GAN.load(last)
     with warnings.catch_warnings():  # words of this prompt may be unknown to the format's vocabulary
         warnings.simplefilter("ignore")
-        assert model.generate(["a red picture"], num_images=2).shape == (2, 3, 32, 32)
+        assert model.ema.generate(["a red picture"], num_images=2).shape == (2, 3, 32, 32)

@@ -27,31 +27,31 @@ def _fit(model, datamodule, batches: int) -> pl.Trainer:
 
 
 def test_generate_returns_uint8_images_per_prompt(tiny_model):
-    images = tiny_model.generate(["a red circle at the left", "a small blue square at the top"], num_images=3, seed=0)
+    images = tiny_model.ema.generate(["a red circle at the left", "a small blue square at the top"], num_images=3, seed=0)
     assert images.shape == (6, 3, 32, 32) and images.dtype == torch.uint8
 
 
 def test_same_seed_same_images_other_seed_other_images(tiny_model):
     prompts = ["a red circle at the left"]
-    assert torch.equal(tiny_model.generate(prompts, 2, seed=1), tiny_model.generate(prompts, 2, seed=1))
-    assert not torch.equal(tiny_model.generate(prompts, 2, seed=1), tiny_model.generate(prompts, 2, seed=2))
+    assert torch.equal(tiny_model.ema.generate(prompts, 2, seed=1), tiny_model.ema.generate(prompts, 2, seed=1))
+    assert not torch.equal(tiny_model.ema.generate(prompts, 2, seed=1), tiny_model.ema.generate(prompts, 2, seed=2))
 
 
 @pytest.mark.parametrize("prompts", [[""], ["a red circle", "   "], []])
 def test_empty_prompts_are_refused(tiny_model, prompts):
     with pytest.raises(ValueError, match="empty|no prompts"):
-        tiny_model.generate(prompts)
+        tiny_model.ema.generate(prompts)
 
 
 def test_unknown_words_warn(tiny_model):
     with pytest.warns(UserWarning, match="zebra"):
-        tiny_model.generate(["a red zebra"])
+        tiny_model.ema.generate(["a red zebra"])
 
 
 def test_a_model_without_tokenizer_says_so(datamodule):
     model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
     with pytest.raises(RuntimeError, match="no tokenizer"):
-        model.generate(["a red circle"])
+        model.ema.generate(["a red circle"])
 
 
 def test_training_updates_networks_text_encoder_and_ema(datamodule, tiny_model):
@@ -59,12 +59,12 @@ def test_training_updates_networks_text_encoder_and_ema(datamodule, tiny_model):
     _fit(tiny_model, datamodule, batches=4)
     after = tiny_model.state_dict()
     prefixes = ("generator.", "discriminator.", "text_encoder.", "captioner.")
-    for prefix in prefixes + tuple(p.replace(".", "_ema.") for p in prefixes if p != "discriminator."):
+    for prefix in prefixes + tuple(f"ema.{p}" for p in prefixes if p != "discriminator."):
         changed = [k for k in after if k.startswith(prefix) and not torch.equal(before[k], after[k])]
         assert changed, f"no parameter of {prefix} changed"
     assert int(tiny_model.d_steps) == 4 and int(tiny_model.g_steps) == 4
     # The EMA generator averages, it does not copy.
-    assert not torch.equal(tiny_model.generator_ema.fc.weight, tiny_model.generator.fc.weight)
+    assert not torch.equal(tiny_model.ema.generator.fc.weight, tiny_model.generator.fc.weight)
 
 
 def test_n_critic_makes_fewer_generator_steps(datamodule):
@@ -127,12 +127,12 @@ def test_checkpoint_from_other_data_is_refused(tiny_model):
 
 def test_cycle_loss_trains_the_generator_through_a_frozen_captioner(tiny_model, datamodule):
     from m2gan import losses
-    from m2gan.model import frozen
+    from m2gan.objective import frozen
     from m2gan.tokenizer import PAD_ID
 
     tokens = datamodule.tokenizer.encode(["a red circle at the left", "a big blue square at the top"])
     _, sentence = tiny_model.text_encoder(tokens)
-    fake = tiny_model.generator(tiny_model.noise(2), sentence.detach())
+    fake = tiny_model.generator(tiny_model.ema.noise(2), sentence.detach())
     with frozen(tiny_model.captioner):
         cycle = losses.caption_cross_entropy(tiny_model.captioner(fake, tokens), tokens, PAD_ID)
     cycle.backward()
@@ -161,12 +161,12 @@ def test_adversarial_caption_loss_trains_the_captioner(datamodule):
 
 def test_caption_returns_one_string_per_image(tiny_model, datamodule):
     images = torch.stack([datamodule.datasets["val"][i]["image"] for i in range(3)])
-    greedy = tiny_model.caption(images)
+    greedy = tiny_model.ema.caption(images)
     assert len(greedy) == 3 and all(isinstance(c, str) for c in greedy)
     as_uint8 = ((images + 1) * 127.5).round().to(torch.uint8)
-    assert tiny_model.caption(as_uint8, num_beams=1) == tiny_model.caption(images, num_beams=1)
-    assert len(tiny_model.caption(images[0], num_beams=3)) == 1
-    assert tiny_model.caption(images, temperature=2.0, seed=1) == tiny_model.caption(images, temperature=2.0, seed=1)
+    assert tiny_model.ema.caption(as_uint8, num_beams=1) == tiny_model.ema.caption(images, num_beams=1)
+    assert len(tiny_model.ema.caption(images[0], num_beams=3)) == 1
+    assert tiny_model.ema.caption(images, temperature=2.0, seed=1) == tiny_model.ema.caption(images, temperature=2.0, seed=1)
 
 
 def test_caption_reads_image_files(tiny_model, tmp_path):
@@ -174,7 +174,7 @@ def test_caption_reads_image_files(tiny_model, tmp_path):
 
     Image.new("RGB", (90, 60), "red").save(tmp_path / "wide.png")
     Image.new("L", (40, 40), 128).save(tmp_path / "grey.jpg")
-    assert len(tiny_model.caption([tmp_path / "wide.png", str(tmp_path / "grey.jpg")])) == 2
+    assert len(tiny_model.ema.caption([tmp_path / "wide.png", str(tmp_path / "grey.jpg")])) == 2
 
 
 @pytest.mark.parametrize(
@@ -192,15 +192,15 @@ def test_caption_reads_image_files(tiny_model, tmp_path):
 )
 def test_bad_images_to_caption_are_clear_errors(tiny_model, tmp_path, make, message):
     with pytest.raises(ValueError, match=message):
-        tiny_model.caption(make(tmp_path))
+        tiny_model.ema.caption(make(tmp_path))
 
 
 def test_prompts_drop_padding_columns_without_changing_the_text_encoding(tiny_model):
     prompts = ["a red circle", "a big blue square at the top"]
-    tokens, full = tiny_model.encode_prompts(prompts), tiny_model.tokenizer.encode(prompts)
+    tokens, full = tiny_model.ema.encode_prompts(prompts), tiny_model.tokenizer.encode(prompts)
     assert tokens.shape[1] == 9 < full.shape[1]  # [BOS] + 7 words + [EOS]
     with torch.inference_mode():
-        torch.testing.assert_close(tiny_model.text_encoder_ema(tokens)[1], tiny_model.text_encoder_ema(full)[1])
+        torch.testing.assert_close(tiny_model.ema.text_encoder(tokens)[1], tiny_model.ema.text_encoder(full)[1])
 
 
 def test_non_square_image_tensors_are_centre_cropped_like_files():
@@ -222,8 +222,8 @@ def test_ema_averages_parameters_and_copies_buffers(tiny_model):
     torch.testing.assert_close(average.weight.data, torch.full((3,), 0.25))
     torch.testing.assert_close(average.running_mean, torch.full((3,), 5.0))
     # Only the generator side is averaged; the discriminator has no EMA copy.
-    averaged = {name for name, _ in tiny_model.named_children() if name.endswith("_ema")}
-    assert averaged == {"generator_ema", "text_encoder_ema", "captioner_ema"}
+    averaged = {name for name, _ in tiny_model.ema.named_children()}
+    assert averaged == {"generator", "text_encoder", "captioner"}
 
 
 def test_channels_last_is_a_layout_not_a_different_model(datamodule):
@@ -246,7 +246,7 @@ def test_channels_last_is_a_layout_not_a_different_model(datamodule):
     assert nchw.generator.to_rgb.weight.is_contiguous()
     nchw.load_state_dict(nhwc.state_dict())  # values, not strides, travel in a state dict
     prompts = ["a red circle at the left", "a small blue square at the top"]
-    a, b = nhwc.generate(prompts, num_images=2, seed=3), nchw.generate(prompts, num_images=2, seed=3)
+    a, b = nhwc.ema.generate(prompts, num_images=2, seed=3), nchw.ema.generate(prompts, num_images=2, seed=3)
     assert a.is_contiguous()  # callers may .numpy() or save the rows without a copy
     assert (a.int() - b.int()).abs().max() <= 1  # summation order may move a pixel by one level
 

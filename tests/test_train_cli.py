@@ -61,9 +61,9 @@ def test_fit_writes_a_checkpoint_that_samples_and_a_second_run_works(tmp_path):
     assert list(tmp_path.glob("runs/wandb/offline-run-*/run-*.wandb")), "no offline W&B run"
 
     model = M2GAN.load(last)
-    images = model.generate(["a red circle at the left"], num_images=4, seed=0)
+    images = model.ema.generate(["a red circle at the left"], num_images=4, seed=0)
     assert images.shape == (4, 3, 32, 32) and images.dtype == torch.uint8
-    captions = model.caption(images, num_beams=2)
+    captions = model.ema.caption(images, num_beams=2)
     assert len(captions) == 4 and all(isinstance(c, str) for c in captions)
     assert list((run_folder / "captions").glob("step_*.jsonl")), "no caption table written"
     assert int(model.g_steps) == 4  # 32 images / batch 8: the whole epoch is in last.ckpt

@@ -1,0 +1,264 @@
+"""The GAN objective of M2GAN: how the loss formulas of ``losses.py`` combine for one batch.
+
+Plain PyTorch over the four networks: no optimiser, no Lightning. ``M2GAN.training_step`` and the
+plain-loop baseline of the benchmarks both call it, so the two differ only in their loops.
+
+One batch gives two losses:
+
+* :meth:`GANObjective.discriminator_loss`, minimised by the discriminator and the text encoder:
+  the matching-aware adversarial loss with its negatives — (generated image, caption), (real image,
+  another sample's caption), (real image, its caption with one word swapped), (real image, a caption
+  the captioner sampled) — plus the image–text contrastive loss and, on penalty batches, the lazy
+  gradient penalty;
+* :meth:`GANObjective.generator_loss`, minimised by the generator and the captioner: adversarial,
+  contrastive and cycle losses of the generated images, the captioner's cross-entropy on real
+  pairs and, if on, its adversarial caption loss.
+
+Where the text encoder gets its gradient decides whether conditioning is learned at all: trained
+only to help the generator fool the discriminator, its features collapse and the generator ignores
+the text. So it is trained by the discriminator's losses, and the generator sees its sentence
+vectors detached (:class:`TextBatch`). For the cycle loss the captioner is frozen, or generator and
+captioner would agree on a private code instead of drawing the text.
+
+Random draws, in this order: the captioner's sampled captions (adversarial caption loss only), the
+swapped words, the discriminator step's noise, then the generator step's noise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import nn
+
+from m2gan import decoding, losses
+from m2gan.negatives import swap_one_word
+from m2gan.networks import Captioner, Discriminator, Generator, TextEncoder
+from m2gan.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS
+
+GradientPenalty = Literal["r1", "ma_gp", "none"]
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """The loss weights and switches of one batch; each is documented on :class:`~m2gan.model.M2GAN`."""
+
+    adversarial_loss: losses.AdversarialLoss
+    mismatch_weight: float
+    swap_weight: float
+    contrastive_weight_d: float
+    contrastive_weight_g: float
+    contrastive_temperature: float
+    gradient_penalty: GradientPenalty
+    gp_weight: float
+    gp_interval: int
+    caption_weight: float
+    caption_label_smoothing: float
+    cycle_weight: float
+    caption_adversarial_weight: float
+    caption_temperature: float
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> ObjectiveConfig:
+        """The fields of this config picked out of a model's settings (its hyperparameters)."""
+        return cls(**{name: settings[name] for name in cls.__dataclass_fields__})
+
+    @property
+    def has_gradient_penalty(self) -> bool:
+        """Whether a gradient penalty is applied at all (on every ``gp_interval``-th D step)."""
+        return self.gradient_penalty != "none" and self.gp_weight > 0
+
+
+class TextBatch(NamedTuple):
+    """What the discriminator's loss hands the generator's about a batch's captions."""
+
+    tokens: torch.Tensor
+    """(B, L) token rows of the batch's captions."""
+    sentence: torch.Tensor
+    """(B, S) their sentence vectors, detached."""
+    swapped_sentence: torch.Tensor | None
+    """(B, S) sentence vectors of the word-swapped captions (None when ``swap_weight`` is 0)."""
+    sampled_tokens: torch.Tensor | None
+    """(B, L) the captioner's sampled captions of the real images (None unless the adversarial
+    caption loss is on)."""
+
+
+class Loss(NamedTuple):
+    """One player's loss for a batch."""
+
+    loss: torch.Tensor
+    """The scalar to minimise (it may be non-finite: the caller's step guard decides)."""
+    logs: dict[str, torch.Tensor]
+    """Detached values to log, keyed ``train/…``."""
+    text: TextBatch | None = None
+    """What the generator's loss of the same batch needs (the discriminator's loss only)."""
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Within the block, ``module``'s parameters record no gradient (gradients still flow through it)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+class GANObjective:
+    """The losses of one batch, over the networks being trained (which it holds but does not own).
+
+    Which parameters a loss trains is the caller's choice (Lightning's ``toggled_optimizer``, or
+    the benchmarks' ``trains_only``): the losses here only say where gradients may flow.
+    """
+
+    def __init__(
+        self,
+        text_encoder: TextEncoder,
+        generator: Generator,
+        discriminator: Discriminator,
+        captioner: Captioner,
+        config: ObjectiveConfig,
+    ) -> None:
+        self.text_encoder, self.generator = text_encoder, generator
+        self.discriminator, self.captioner = discriminator, captioner
+        self.config = config
+
+    def noise(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """Training noise (B, noise_dim), drawn on the CPU so a seed gives the same run on any device."""
+        return torch.randn(batch_size, self.generator.noise_dim).to(device)
+
+    def discriminator_loss(self, images: torch.Tensor, tokens: torch.Tensor, penalty: bool) -> Loss:
+        """The discriminator's (and text encoder's) loss on real ``images`` (B, 3, H, W) and ``tokens`` (B, L).
+
+        Args:
+            penalty: Whether this is a lazy-penalty batch (the penalty is then scaled by the interval).
+        """
+        cfg, d = self.config, self.discriminator
+        batch_size = images.shape[0]
+        penalty = penalty and cfg.has_gradient_penalty
+        use_swaps = cfg.swap_weight > 0
+        sampled_tokens = None
+        if cfg.caption_adversarial_weight > 0:
+            with torch.no_grad():
+                sampled_tokens = decoding.sample(self.captioner, images, BOS_ID, EOS_ID, PAD_ID, temperature=1.0)
+        texts = [tokens]
+        if use_swaps:
+            texts.append(swap_one_word(tokens, len(SPECIAL_TOKENS)))
+        if sampled_tokens is not None:
+            texts.append(sampled_tokens)
+        _, sentences = self.text_encoder(torch.cat(texts))  # (B * len(texts), S)
+        sentences = sentences.split(batch_size)
+        sentence = sentences[0]
+        with torch.no_grad():
+            fake = self.generator(self.noise(batch_size, images.device), sentence.detach())  # (B, 3, H, W)
+        if penalty:
+            images = images.detach().requires_grad_(True)
+        embedding, unconditional = d.features(torch.cat([images, fake]))  # (2B, E), (2B,)
+        real = (embedding[:batch_size], unconditional[:batch_size])
+        fake = (embedding[batch_size:], unconditional[batch_size:])
+        text_embedding = d.embed_text(sentence)  # (B, E)
+        swapped_embedding = d.embed_text(sentences[1]) if use_swaps else None
+        real_logits = d.score(real, text_embedding)  # (B,)
+        fake_logits = d.score(fake, text_embedding)
+        # Each image paired with the previous sample's caption: the matching-aware negatives.
+        mismatched_logits = d.score(real, text_embedding.roll(1, dims=0))
+        negatives = [(fake_logits, 1.0), (mismatched_logits, cfg.mismatch_weight)]
+        if use_swaps:
+            swapped_logits = d.score(real, swapped_embedding)
+            negatives.append((swapped_logits, cfg.swap_weight))
+        if sampled_tokens is not None:
+            sampled_logits = d.score(real, d.embed_text(sentences[-1]))
+            negatives.append((sampled_logits, cfg.caption_adversarial_weight))
+        loss = losses.d_adversarial(real_logits, negatives, cfg.adversarial_loss)
+        logs = {"train/d_adv": loss.detach()}
+        if cfg.contrastive_weight_d > 0:
+            contrastive = losses.contrastive(real[0], text_embedding, cfg.contrastive_temperature, swapped_embedding)
+            loss = loss + cfg.contrastive_weight_d * contrastive
+            logs["train/d_contrastive"] = contrastive.detach()
+        if penalty:
+            if cfg.gradient_penalty == "r1":
+                gp = 0.5 * cfg.gp_weight * losses.r1_penalty(real_logits, images)
+            else:
+                gp = cfg.gp_weight * losses.matching_aware_gradient_penalty(real_logits, images, sentence)
+            loss = loss + cfg.gp_interval * gp  # lazy regularisation: every gp_interval-th step, scaled up
+            logs["train/gradient_penalty"] = gp.detach()
+        with torch.no_grad():
+            logs["train/d_loss"] = loss.detach()
+            logs["train/real_logit"] = real_logits.mean()
+            logs["train/fake_logit"] = fake_logits.mean()
+            logs["train/match_acc"] = (real_logits > mismatched_logits).float().mean()
+            if use_swaps:
+                logs["train/swap_acc"] = (real_logits > swapped_logits).float().mean()
+        swapped_sentence = sentences[1].detach() if use_swaps else None
+        return Loss(loss, logs, TextBatch(tokens, sentence.detach(), swapped_sentence, sampled_tokens))
+
+    def generator_loss(self, images: torch.Tensor, text: TextBatch) -> Loss:
+        """The generator's and captioner's loss for real ``images`` and the ``text`` of the D loss.
+
+        The generator draws the batch's captions (adversarial, contrastive and cycle losses); the
+        captioner describes the real images (cross-entropy and, if on, adversarial caption loss).
+        """
+        cfg, d = self.config, self.discriminator
+        sentence = text.sentence
+        fake = self.generator(self.noise(sentence.shape[0], sentence.device), sentence)  # (B, 3, H, W)
+        fake_features = d.features(fake)
+        text_embedding = d.embed_text(sentence)
+        loss = losses.g_adversarial(d.score(fake_features, text_embedding), cfg.adversarial_loss)
+        logs = {"train/g_adv": loss.detach()}
+        if cfg.contrastive_weight_g > 0:
+            hard = d.embed_text(text.swapped_sentence) if text.swapped_sentence is not None else None
+            contrastive = losses.contrastive(fake_features[0], text_embedding, cfg.contrastive_temperature, hard)
+            loss = loss + cfg.contrastive_weight_g * contrastive
+            logs["train/g_contrastive"] = contrastive.detach()
+        if cfg.cycle_weight > 0:
+            with frozen(self.captioner):
+                cycle = losses.caption_cross_entropy(self.captioner(fake, text.tokens), text.tokens, PAD_ID)
+            loss = loss + cfg.cycle_weight * cycle
+            logs["train/cycle"] = cycle.detach()
+        use_real_captions = cfg.caption_weight > 0 or text.sampled_tokens is not None
+        # Both real-image terms read the same image tokens: encode the images once.
+        memory = self.captioner.encode(images) if use_real_captions else None  # (B, P, W)
+        if cfg.caption_weight > 0:
+            logits = self.captioner.decode(memory, text.tokens[:, :-1])  # (B, L-1, V)
+            caption = losses.caption_cross_entropy(logits, text.tokens, PAD_ID, cfg.caption_label_smoothing)
+            loss = loss + cfg.caption_weight * caption
+            logs["train/caption"] = caption.detach()
+        if text.sampled_tokens is not None:
+            relaxed = decoding.straight_through(self.captioner, memory, text.sampled_tokens, cfg.caption_temperature)
+            _, sampled_sentence = self.text_encoder(relaxed)  # frozen here: trained by the D loss
+            with torch.no_grad():
+                real_features = d.features(images)
+            sampled_logits = d.score(real_features, d.embed_text(sampled_sentence))
+            caption_adversarial = losses.g_adversarial(sampled_logits, cfg.adversarial_loss)
+            loss = loss + cfg.caption_adversarial_weight * caption_adversarial
+            logs["train/caption_adv"] = caption_adversarial.detach()
+        logs["train/g_loss"] = loss.detach()
+        return Loss(loss, logs)
+
+    def validation_metrics(
+        self, images: torch.Tensor, tokens: torch.Tensor, fake: torch.Tensor, caption_logits: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """How often the discriminator ranks a real matching pair above a mismatched and a generated one.
+
+        Args:
+            images: Real images (B, 3, H, W); ``tokens`` (B, L) their captions.
+            fake: Images generated for those captions (B, 3, H, W).
+            caption_logits: A captioner's teacher-forced logits (B, L-1, V) on the real pairs.
+        """
+        d = self.discriminator
+        _, sentence = self.text_encoder(tokens)
+        text_embedding = d.embed_text(sentence)
+        real = d.features(images)
+        real_logits = d.score(real, text_embedding)
+        fake_logits = d.score(d.features(fake), text_embedding)
+        mismatched_logits = d.score(real, text_embedding.roll(1, 0))
+        return {
+            "match_acc": (real_logits > mismatched_logits).float().mean(),
+            "real_vs_fake_acc": (real_logits > fake_logits).float().mean(),
+            "caption_loss": losses.caption_cross_entropy(caption_logits, tokens, PAD_ID),
+        }

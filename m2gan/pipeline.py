@@ -1,0 +1,260 @@
+"""The sampling pipeline: text encoder, generator and captioner with their tokenizer, for inference.
+
+:class:`SamplingPipeline` is what users sample from. ``M2GAN`` keeps one as its EMA copy
+(``model.ema``), the evaluation callbacks sample through it, and :func:`m2gan.load` returns one
+read from a training checkpoint or an export folder. It holds no discriminator and no optimiser
+state, and knows nothing of Lightning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from m2gan import decoding
+from m2gan.images import ImageInput, prepare_images, to_uint8
+from m2gan.networks import Captioner, Generator, TextEncoder
+from m2gan.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, CaptionTokenizer
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The sizes that rebuild the sampling networks; each is documented on :class:`~m2gan.model.M2GAN`."""
+
+    resolution: int
+    vocab_size: int
+    max_length: int
+    noise_dim: int
+    text_width: int
+    sentence_dim: int
+    text_layers: int
+    g_channels: int
+    max_channels: int
+    captioner_width: int
+    captioner_layers: int
+    captioner_channels: int
+    channels_last: bool
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> PipelineConfig:
+        """The fields of this config picked out of a model's settings (its hyperparameters)."""
+        return cls(**{name: settings[name] for name in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    # Each builder makes a fresh, randomly initialised network (M2GAN draws their initial weights in
+    # a fixed order, with the discriminator between generator and captioner).
+
+    def text_encoder(self) -> TextEncoder:
+        return self._layout(
+            TextEncoder(self.vocab_size, self.max_length, self.text_width, self.sentence_dim, self.text_layers)
+        )
+
+    def generator(self) -> Generator:
+        return self._layout(
+            Generator(self.resolution, self.noise_dim, self.sentence_dim, self.g_channels, self.max_channels)
+        )
+
+    def captioner(self) -> Captioner:
+        captioner = Captioner(
+            self.resolution,
+            self.vocab_size,
+            self.max_length,
+            width=self.captioner_width,
+            num_layers=self.captioner_layers,
+            base_channels=self.captioner_channels,
+            max_channels=self.max_channels,
+        )
+        return self._layout(captioner)
+
+    def _layout(self, network: nn.Module) -> nn.Module:
+        return network.to(memory_format=torch.channels_last) if self.channels_last else network
+
+
+class SamplingPipeline(nn.Module):
+    """Text → image and image → text with one set of networks (an ``M2GAN``'s EMA copies, usually).
+
+    Args:
+        text_encoder: Turns token ids into sentence vectors for the generator.
+        generator: Draws images from noise and sentence vectors.
+        captioner: Describes images.
+        config: The sizes the three were built with (an export writes them beside the weights).
+        tokenizer: The tokenizer the token ids come from; sampling needs one.
+    """
+
+    def __init__(
+        self,
+        text_encoder: TextEncoder,
+        generator: Generator,
+        captioner: Captioner,
+        config: PipelineConfig,
+        tokenizer: CaptionTokenizer | None = None,
+    ) -> None:
+        super().__init__()
+        self.text_encoder, self.generator, self.captioner = text_encoder, generator, captioner
+        self.config = config
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def build(cls, config: PipelineConfig, tokenizer: CaptionTokenizer | None = None) -> SamplingPipeline:
+        """A pipeline of freshly initialised networks of ``config``'s sizes (weights to be loaded)."""
+        return cls(config.text_encoder(), config.generator(), config.captioner(), config, tokenizer)
+
+    @property
+    def resolution(self) -> int:
+        return self.config.resolution
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    def set_tokenizer(self, tokenizer: CaptionTokenizer) -> None:
+        """Attach the tokenizer the token ids come from; it must fit the networks' vocabulary and length."""
+        cfg = self.config
+        if tokenizer.vocab_size != cfg.vocab_size or tokenizer.max_length != cfg.max_length:
+            raise ValueError(
+                f"tokenizer (vocab_size={tokenizer.vocab_size}, max_length={tokenizer.max_length}) does not fit "
+                f"this model (vocab_size={cfg.vocab_size}, max_length={cfg.max_length})"
+            )
+        self.tokenizer = tokenizer
+
+    def _require_tokenizer(self) -> CaptionTokenizer:
+        if self.tokenizer is None:
+            raise RuntimeError("this model has no tokenizer: load it from a checkpoint or call set_tokenizer()")
+        return self.tokenizer
+
+    # ------------------------------------------------------------------ text -> image
+
+    def noise(
+        self, batch_size: int, generator: torch.Generator | None = None, truncation: float | None = None
+    ) -> torch.Tensor:
+        """Standard normal noise (B, noise_dim) on the pipeline's device, truncated to ``±truncation`` if given.
+
+        Drawn on the CPU, so a seed gives the same noise on every device.
+        """
+        noise_dim = self.config.noise_dim
+        if truncation is None:
+            z = torch.randn(batch_size, noise_dim, generator=generator)
+        else:
+            if truncation <= 0:
+                raise ValueError(f"truncation must be positive, got {truncation}")
+            # Inverse-CDF sampling of the truncated normal: exact, one draw, reproducible with a seed.
+            edge = torch.special.ndtr(torch.tensor(-float(truncation), dtype=torch.float64))
+            u = torch.rand(batch_size, noise_dim, generator=generator, dtype=torch.float64)
+            z = torch.special.ndtri(edge + u * (1 - 2 * edge)).float()
+        return z.to(self.device)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Validate prompts and turn them into token ids (B, L); warn once about unknown words.
+
+        ``L`` is the longest prompt's length (at most ``max_length``): trailing columns that are
+        padding in every row are dropped, which the text encoder's padding mask makes exact and
+        saves it work.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            raise ValueError("no prompts given")
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"prompt {i} is empty: every prompt needs at least one word")
+        tokenizer = self._require_tokenizer()
+        tokens = tokenizer.encode(prompts)
+        if (tokens == UNK_ID).any():  # only then is it worth re-reading the prompts word by word
+            unknown = sorted({w for p in prompts for w in tokenizer.unknown_words(p)})
+            warnings.warn(f"words not in the training vocabulary are ignored as [UNK]: {unknown}", stacklevel=3)
+        used = (tokens != PAD_ID).any(dim=0).nonzero()
+        return tokens[:, : int(used.max()) + 1]
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        num_images: int = 1,
+        seed: int = 0,
+        truncation: float | None = None,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """Draw images for text prompts.
+
+        Args:
+            prompts: Captions to draw; none may be empty.
+            num_images: Images per prompt.
+            seed: Noise seed. All noise of a call is drawn at once on the CPU, so the same seed
+                gives the same images for any ``batch_size`` (on the same device).
+            truncation: Truncation trick (BigGAN, DF-GAN): noise drawn from a normal truncated to
+                ``[-truncation, truncation]`` — lower values trade variety for fidelity; None = off.
+            batch_size: Images per forward pass; None = all at once.
+
+        Returns:
+            uint8 tensor (len(prompts) * num_images, 3, H, W) on the CPU, the images of prompt ``i``
+            at rows ``i * num_images … (i + 1) * num_images - 1``.
+        """
+        tokens = self.encode_prompts(prompts)
+        if num_images < 1:
+            raise ValueError(f"num_images must be at least 1, got {num_images}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        _, sentence = self.text_encoder(tokens.to(self.device))
+        sentence = sentence.repeat_interleave(num_images, dim=0)  # (N, S)
+        z = self.noise(sentence.shape[0], torch.Generator().manual_seed(seed), truncation)
+        return self.draw(z, sentence, batch_size)
+
+    @torch.inference_mode()
+    def generate_rows(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
+        """One image per prompt, each from the noise of its own seed (so an image does not depend on its batch)."""
+        _, sentence = self.text_encoder(self.encode_prompts(prompts).to(self.device))
+        z = torch.cat([self.noise(1, torch.Generator().manual_seed(int(seed))) for seed in seeds])
+        return self.draw(z, sentence, batch_size=None)
+
+    def draw(self, z: torch.Tensor, sentence: torch.Tensor, batch_size: int | None) -> torch.Tensor:
+        """uint8 CPU images (N, 3, H, W) for noise (N, noise_dim) and sentence vectors (N, S)."""
+        step = batch_size or z.shape[0]
+        chunks = [self.generator(z[i : i + step], sentence[i : i + step]) for i in range(0, z.shape[0], step)]
+        images = chunks[0] if len(chunks) == 1 else torch.cat(chunks)  # (N, 3, H, W) in [-1, 1]
+        return to_uint8(images).cpu().contiguous()  # a channels-last generator's output is NHWC in memory
+
+    # ------------------------------------------------------------------ image -> text
+
+    @torch.inference_mode()
+    def caption(
+        self,
+        images: torch.Tensor | Sequence[ImageInput] | ImageInput,
+        num_beams: int = 1,
+        temperature: float = 0.0,
+        seed: int = 0,
+        length_penalty: float = 1.0,
+    ) -> list[str]:
+        """Describe images.
+
+        Args:
+            images: A tensor (N, 3, H, W) or (3, H, W), uint8 in [0, 255] or float in [-1, 1]
+                (resized to the model's resolution), or image files / PIL images (converted to RGB,
+                shorter side resized, centre-cropped).
+            num_beams: 1 decodes greedily (or samples, see ``temperature``); more runs beam search.
+            temperature: With ``num_beams=1``, a positive value samples tokens at this temperature.
+            seed: Seed of the sampling (``temperature > 0``).
+            length_penalty: Beam search ranks captions by log-probability / length ** this.
+
+        Returns:
+            One caption per image.
+        """
+        tokenizer = self._require_tokenizer()
+        if num_beams > 1 and temperature > 0:
+            raise ValueError("choose beam search (num_beams > 1) or sampling (temperature > 0), not both")
+        pixels = prepare_images(images, self.resolution).to(self.device)
+        if num_beams > 1:
+            tokens = decoding.beam_search(
+                self.captioner, pixels, BOS_ID, EOS_ID, PAD_ID, num_beams=num_beams, length_penalty=length_penalty
+            )
+        else:
+            generator = torch.Generator(self.device).manual_seed(seed)
+            tokens = decoding.sample(
+                self.captioner, pixels, BOS_ID, EOS_ID, PAD_ID, temperature=temperature, generator=generator
+            )
+        return [tokenizer.decode(row) for row in tokens.cpu()]
