@@ -6,7 +6,7 @@ photo-sized JPEGs (500×375, captions in each layout) is written to a temporary 
 
 * loader: images/s of the format's training ``DataLoader`` (``num_workers=2``, batch 32, random
   crop on, tokenising included), median over ``--repeats`` passes after a warm-up pass;
-* training: images/s the real-data configs' model (``configs/coco.yaml``: 32/32 channels, cap 256)
+* training: images/s the real-data configs' model (``configs/sizes/gpu-64px.yaml``: 32/32 channels, cap 256)
   consumes in a training batch on this machine (median step time after warm-up);
 * ratio = loader / training (target ≥ 3: loading is never what a run waits for).
 
@@ -142,7 +142,7 @@ def loader_rate(data: CaptionDataModule, repeats: int) -> float:
 
 def training_rate(data: CaptionDataModule, resolution: int, batches: int) -> float:
     """Images/s a training batch of the real-data configs' model consumes (data already in memory)."""
-    config = yaml.safe_load((ROOT / "configs" / "coco.yaml").read_text())["model"]
+    config = yaml.safe_load((ROOT / "configs" / "sizes" / "gpu-64px.yaml").read_text())["model"]
     model = M2GAN(vocab_size=data.vocab_size, max_length=data.max_length, resolution=resolution, **config)
     model.set_tokenizer(data.tokenizer)
     batch = next(iter(data.train_dataloader()))

@@ -14,7 +14,7 @@
    whole process's wall time, the import part, and the load + first-image part alone.
 
     python benchmarks/sampling_speed.py                   # default model config, random weights
-    python benchmarks/sampling_speed.py --config configs/coco.yaml   # that config's model, random weights
+    python benchmarks/sampling_speed.py --config configs/sizes/gpu-64px.yaml   # that size's model, random weights
     python benchmarks/sampling_speed.py --ckpt runs/m2gan/<run>/checkpoints/last.ckpt
     python benchmarks/sampling_speed.py --quick
 

@@ -7,7 +7,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 from callbacks.fid import shared_judge_file
-from callbacks.schedule import ValidationSchedule, will_validate
+from callbacks.schedule import ValidationSchedule, validation_dataset, will_validate
 from m2gan.cache import cache_root
 from m2gan.shapes_judge import ATTRIBUTES, accuracy, attribute_labels, load_judge
 
@@ -78,8 +78,7 @@ class AttributeAccuracy(pl.Callback):
         return {f"val/attr_acc/{name}": scores[name] for name in ATTRIBUTES}
 
     def _read_validation_set(self, trainer: pl.Trainer) -> bool:
-        loaders = trainer.val_dataloaders
-        dataset = (loaders[0] if isinstance(loaders, (list, tuple)) else loaders).dataset
+        dataset = validation_dataset(trainer)
         if not hasattr(dataset, "scene"):
             rank_zero_warn(f"AttributeAccuracy disabled: {type(dataset).__name__} has no ground truth (scene)")
             self.enabled = False

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
-from callbacks.schedule import ValidationSchedule, will_validate
+from callbacks.schedule import ValidationSchedule, validation_dataset, will_validate
 from m2gan import fid
 from m2gan.cache import cache_root
 from m2gan.images import to_uint8
@@ -122,7 +122,7 @@ class FID(pl.Callback):
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         """Compute the metrics now; returns ``{logged name: value}`` on every rank."""
-        dataset = self._validation_dataset(trainer)
+        dataset = validation_dataset(trainer)
         device = pl_module.device
         self.extractor.to(device)
         real = self._real_features(dataset, trainer.global_rank, trainer.world_size, device)
@@ -136,14 +136,6 @@ class FID(pl.Callback):
             )
         values = trainer.strategy.broadcast(values, src=0)
         return {self.names[key]: value for key, value in values.items()}
-
-    @staticmethod
-    def _validation_dataset(trainer: pl.Trainer):
-        loaders = trainer.val_dataloaders
-        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-        if loader is None:
-            raise RuntimeError("the FID callback needs a validation dataloader")
-        return loader.dataset
 
     def _real_features(self, dataset, rank: int, world_size: int, device: torch.device) -> dict[str, torch.Tensor]:
         if self._real is not None:

@@ -9,6 +9,7 @@ import warnings
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
 
+from callbacks.schedule import validation_dataset
 from m2gan.grid import prompt_grid
 from m2gan.loggers import run_dir
 
@@ -27,24 +28,47 @@ class SampleGrid(pl.Callback):
     A last grid is drawn when training ends. Failing to write or log warns and never stops training.
 
     Args:
-        prompts: Captions to draw, one row each.
+        prompts: Captions to draw, one row each; None takes the first ``num_prompts`` distinct
+            captions of the validation split (so a data config needs no prompts of its own).
         every_n_steps: Interval in optimizer steps (Lightning's ``global_step``: 2 per batch with
             one generator step per discriminator step).
         num_images: Images per prompt.
         seed: Noise seed: the same noise at every grid, so grids show how training changes them.
         scale: Up-scaling of each image in the PNG.
+        num_prompts: With ``prompts=None``, how many validation captions to draw.
     """
 
     def __init__(
-        self, prompts: list[str], every_n_steps: int = 1000, num_images: int = 6, seed: int = 0, scale: int = 2
+        self,
+        prompts: list[str] | None = None,
+        every_n_steps: int = 1000,
+        num_images: int = 6,
+        seed: int = 0,
+        scale: int = 2,
+        num_prompts: int = 6,
     ) -> None:
-        if not prompts:
-            raise ValueError("SampleGrid needs at least one prompt")
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be positive, got {every_n_steps}")
-        self.prompts, self.every_n_steps, self.num_images = list(prompts), every_n_steps, num_images
+        if prompts is not None and not prompts:
+            raise ValueError("SampleGrid needs at least one prompt (or prompts: null for validation captions)")
+        for name, value in (("every_n_steps", every_n_steps), ("num_prompts", num_prompts)):
+            if value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+        self.prompts = list(prompts) if prompts is not None else None
+        self.every_n_steps, self.num_images, self.num_prompts = every_n_steps, num_images, num_prompts
         self.seed, self.scale = seed, scale
         self._last_step = 0
+
+    def validation_prompts(self, trainer: pl.Trainer) -> list[str]:
+        """The first ``num_prompts`` distinct captions of the validation split, in dataset order."""
+        dataset, prompts = validation_dataset(trainer), []
+        for index in range(len(dataset)):
+            caption = dataset.caption(index)
+            if caption.strip() and caption not in prompts:
+                prompts.append(caption)
+                if len(prompts) == self.num_prompts:
+                    break
+        if not prompts:
+            raise RuntimeError("SampleGrid: the validation split holds no caption to draw; give prompts")
+        return prompts
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_step = trainer.global_step  # a resumed run continues the schedule
@@ -65,6 +89,8 @@ class SampleGrid(pl.Callback):
         self._last_step = step = trainer.global_step
         if not trainer.is_global_zero:
             return
+        if self.prompts is None:
+            self.prompts = self.validation_prompts(trainer)
         images = pl_module.ema.generate(self.prompts, num_images=self.num_images, seed=self.seed)
         n = self.num_images
         captions = pl_module.ema.caption(images)

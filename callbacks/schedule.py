@@ -1,4 +1,4 @@
-"""When evaluation callbacks run: whether a stage validates at all, and which validation runs they take part in."""
+"""When evaluation callbacks run (whether a stage validates, which validation runs they take part in), and what they read."""
 
 from __future__ import annotations
 
@@ -32,3 +32,18 @@ def will_validate(trainer: pl.Trainer, stage: str) -> bool:
     judge, training for about a minute) a feature network would be work for nothing.
     """
     return stage in ("fit", "validate") and trainer.limit_val_batches != 0
+
+
+def validation_dataset(trainer: pl.Trainer):  # noqa: ANN201 - any map-style dataset with caption(i)
+    """The validation split's dataset: of the loader Lightning built, else of the data module's own.
+
+    Raises:
+        RuntimeError: the run has no validation data.
+    """
+    loaders = trainer.val_dataloaders
+    if loaders is None and trainer.datamodule is not None:
+        loaders = trainer.datamodule.val_dataloader()
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+    if loader is None:
+        raise RuntimeError("this callback needs a validation dataloader")
+    return loader.dataset

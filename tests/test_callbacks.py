@@ -50,6 +50,16 @@ def test_sample_grid_writes_pngs_with_one_row_per_prompt(tmp_path, datamodule, t
     assert height > 2 * 32 * grid.scale and width >= 3 * 32 * grid.scale
 
 
+def test_sample_grid_without_prompts_draws_the_first_validation_captions(tmp_path, datamodule, tiny_model):
+    val = datamodule.datasets["val"]
+    expected = list(dict.fromkeys(val.caption(i) for i in range(len(val))))[:3]
+    _trainer(tmp_path, [SampleGrid(None, every_n_steps=100, num_images=1, num_prompts=3)], batches=1).fit(
+        tiny_model, datamodule
+    )
+    (table,) = (tmp_path / "samples").glob("step_*.jsonl")  # the grid drawn at the end of training
+    assert [json.loads(line)["prompt"] for line in table.read_text().splitlines()] == expected
+
+
 def test_sample_grid_logs_images_and_a_table_into_the_offline_wandb_run(tmp_path, datamodule, tiny_model):
     import wandb
 

@@ -142,6 +142,21 @@ def test_print_config_shows_the_default_job(tmp_path):
     assert "contrastive_weight_d" in result.stdout
 
 
+@pytest.mark.parametrize("data", ["coco", "cub", "folder", "webdataset"])
+def test_a_size_file_and_a_data_file_compose(capsys, data):
+    from m2gan.cli import main
+
+    sizes, data_file = ROOT / "configs" / "sizes" / "gpu-64px.yaml", ROOT / "configs" / "data" / f"{data}.yaml"
+    with pytest.raises(SystemExit) as exit_:
+        main(str(ROOT / "configs" / "default.yaml"), ["fit", f"--config={sizes}", f"--config={data_file}", "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = __import__("yaml").safe_load(capsys.readouterr().out)
+    assert printed["data"]["format"] == data and printed["data"]["resolution"] == 64  # each file's own part
+    assert printed["model"]["max_channels"] == 256 and printed["model"]["gp_interval"] == 16  # size file, default
+    grid = next(c for c in printed["trainer"]["callbacks"] if c["class_path"] == "callbacks.SampleGrid")
+    assert grid["init_args"]["prompts"] is None  # drawn from the data's own validation captions
+
+
 def test_wandb_api_key_never_lands_in_a_written_file(tmp_path):
     secret = "0123456789abcdef-dummy-api-key-for-the-secret-scan"
     result = run_train(["fit", *TINY, "--trainer.max_steps=4"], tmp_path, env={"WANDB_API_KEY": secret})
