@@ -109,7 +109,10 @@ def compare(model, datamodule, callback: FID, repeats: int, cache: str) -> dict:
 
     def bare() -> float:
         images = torch.cat(
-            [model.ema.generate(captions[s : s + step], seed=callback.seed + b) for b, s in enumerate(range(0, n, step))]
+            [
+                model.ema.generate(captions[s : s + step], seed=callback.seed + b)
+                for b, s in enumerate(range(0, n, step))
+            ]
         )
         metrics = torch_fidelity.calculate_metrics(
             input1=_Images(images), input2=_Images(real), input2_cache_name=f"real-{callback.extractor_name}",

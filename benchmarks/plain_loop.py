@@ -124,7 +124,9 @@ class PlainStep:
         m, images = self.model, batch["image"]
         marks = [time.perf_counter()]
         with trains_only([m.discriminator, m.text_encoder], [m.generator, m.captioner]):
-            d_loss = m.objective.discriminator_loss(images, batch["tokens"], m.penalty_due() if penalty is None else penalty)
+            d_loss = m.objective.discriminator_loss(
+                images, batch["tokens"], m.penalty_due() if penalty is None else penalty
+            )
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.loss.backward()
             self.opt_d.step()

@@ -11,6 +11,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from callbacks.schedule import ValidationSchedule
+from m2gan.batch import EvaluationBatch
 from m2gan.images import to_uint8
 from m2gan.loggers import run_dir
 from m2gan.metrics import corpus_bleu
@@ -63,7 +64,7 @@ class CaptionBLEU(pl.Callback):
         self._rows, self._table = {}, []
 
     def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int, dataloader_idx=0
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch: EvaluationBatch, batch_idx: int, dataloader_idx=0
     ) -> None:
         if not self._active:
             return

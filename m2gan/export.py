@@ -17,7 +17,9 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -27,6 +29,8 @@ from m2gan.model import M2GAN
 from m2gan.outputs import staged_folder
 from m2gan.pipeline import PipelineConfig, SamplingPipeline
 from m2gan.tokenizer import CaptionTokenizer
+
+T = TypeVar("T")
 
 __all__ = ["CheckpointError", "export", "load", "load_checkpoint", "load_export"]
 
@@ -151,7 +155,8 @@ def _pipeline_config(source: str | os.PathLike, hparams: dict) -> PipelineConfig
     return _valid(source, lambda: PipelineConfig.from_settings({**defaults, **hparams}))
 
 
-def _valid(source: str | os.PathLike, make):  # noqa: ANN001, ANN202 - a thunk that raises TypeError/ValueError/KeyError
+def _valid(source: str | os.PathLike, make: Callable[[], T]) -> T:
+    """``make()``, its TypeError/ValueError/KeyError (settings the networks refuse) as one CheckpointError."""
     try:
         return make()
     except (TypeError, ValueError, KeyError) as error:

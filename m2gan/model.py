@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import copy
 import os
+
 import pytorch_lightning as pl
 import torch
 
 from m2gan import losses, rng
+from m2gan.batch import CaptionBatch, EvaluationBatch, PromptBatch
 from m2gan.checkpoint_io import RNG_KEY, TOKENIZER_KEY, read_checkpoint, upgrade_state_dict
 from m2gan.ema import ema_beta, update_ema
 from m2gan.networks import Discriminator
@@ -218,7 +220,7 @@ class M2GAN(pl.LightningModule):
         if trainer is not None and trainer.training:  # between two training batches: the next one draws from here
             checkpoint[RNG_KEY] = rng.capture()
 
-    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+    def on_train_batch_start(self, batch: CaptionBatch, batch_idx: int) -> None:
         if self._rng_to_restore is not None:
             rng.restore(self._rng_to_restore)
             self._rng_to_restore = None
@@ -282,7 +284,7 @@ class M2GAN(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
+    def training_step(self, batch: CaptionBatch, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
         text = self.d_step(batch["image"], batch["tokens"], opt_d)
         if batch_idx % self.hparams.n_critic == 0:
@@ -387,13 +389,13 @@ class M2GAN(pl.LightningModule):
 
     # ------------------------------------------------------------------ validation and prediction
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: EvaluationBatch, batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
+    def test_step(self, batch: EvaluationBatch, batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
-    def _evaluate(self, batch: dict, split: str) -> None:
+    def _evaluate(self, batch: EvaluationBatch, split: str) -> None:
         images, tokens = batch["image"], batch["tokens"]
         # Noise seeded by the batch's first sample: validation never draws from the training RNG
         # (exact resume) and gives the same numbers in every run and under any number of processes.
@@ -404,7 +406,7 @@ class M2GAN(pl.LightningModule):
         self.log_dict({f"{split}/{name}": value for name, value in metrics.items()}, batch_size=images.shape[0])
 
     @torch.inference_mode()
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+    def predict_step(self, batch: PromptBatch, batch_idx: int) -> dict:
         """Draw one image per row of a prediction batch (``prompt``, and ``seed`` of the row's noise).
 
         Used by ``python train.py predict``: each row's noise comes from its own seed, so an image

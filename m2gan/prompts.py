@@ -32,8 +32,9 @@ def read_prompts(path: str | os.PathLike) -> tuple[list[str], int]:
 class PromptDataset(Dataset):
     """Rows to draw for ``train.py predict``: every prompt ``num_images`` times, each row with its own noise seed.
 
-    Items: ``{"prompt": str, "prompt_index": int, "image_index": int, "seed": int}``; the seed of
-    row ``r`` is ``seed + r``, so an image never depends on batch size or rank.
+    Items: ``{"prompt": str, "prompt_index": int, "image_index": int, "seed": int}``, batched into
+    a :class:`~m2gan.batch.PromptBatch`; the seed of row ``r`` is ``seed + r``, so an image never
+    depends on batch size or rank.
     """
 
     def __init__(self, prompts: list[str], num_images: int = 1, seed: int = 0) -> None:

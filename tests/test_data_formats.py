@@ -312,7 +312,8 @@ def test_train_py_fits_each_format(tmp_path, data_format):
     else:
         build = {"folder": _folder, "coco": _coco, "cub": _cub}[data_format]
         location = [f"--data.root={build(tmp_path / data_format)}"]
-    args = ["fit", f"--config={ROOT / 'configs' / f'{data_format}.yaml'}", *TINY, *location]
+    configs = [ROOT / "configs" / "sizes" / "gpu-64px.yaml", ROOT / "configs" / "data" / f"{data_format}.yaml"]
+    args = ["fit", *(f"--config={config}" for config in configs), *TINY, *location]
     args += ["--data.resolution=32", "--data.batch_size=2", "--trainer.max_steps=4", "--data.num_workers=0"]
     args += ["--trainer.val_check_interval=1"]
     # No Inception weights in this fresh TORCH_HOME: the config's FID callback must switch itself off.

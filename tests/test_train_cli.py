@@ -148,7 +148,10 @@ def test_a_size_file_and_a_data_file_compose(capsys, data):
 
     sizes, data_file = ROOT / "configs" / "sizes" / "gpu-64px.yaml", ROOT / "configs" / "data" / f"{data}.yaml"
     with pytest.raises(SystemExit) as exit_:
-        main(str(ROOT / "configs" / "default.yaml"), ["fit", f"--config={sizes}", f"--config={data_file}", "--print_config"])
+        main(
+            str(ROOT / "configs" / "default.yaml"),
+            ["fit", f"--config={sizes}", f"--config={data_file}", "--print_config"],
+        )
     assert exit_.value.code in (0, None)
     printed = __import__("yaml").safe_load(capsys.readouterr().out)
     assert printed["data"]["format"] == data and printed["data"]["resolution"] == 64  # each file's own part

@@ -11,6 +11,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 
+from m2gan.batch import CaptionBatch, EvaluationBatch
 from m2gan.data.captioned import CaptionedImages, Problems, verify_images
 from m2gan.data.formats import coco_records, cub_records, folder_records
 from m2gan.data.sampler import ResumableSampler
@@ -183,7 +184,7 @@ class CaptionDataModule(pl.LightningDataModule):
         """Tokens per encoded caption."""
         return self.tokenizer.max_length
 
-    def collate(self, samples: list[dict | None], split: str = "train") -> dict:
+    def collate(self, samples: list[dict | None], split: str = "train") -> CaptionBatch | EvaluationBatch:
         """Stack images and tokenise captions into one batch of ``split``; drop samples that failed to load."""
         kept = [s for s in samples if s is not None]
         if len(kept) < len(samples):
@@ -193,16 +194,17 @@ class CaptionDataModule(pl.LightningDataModule):
             raise RuntimeError(f"a whole {split} batch of images could not be read")
         samples = kept
         captions = [s["caption"] for s in samples]
-        batch = {
-            "image": torch.stack([s["image"] for s in samples]),
-            "tokens": self.tokenizer.encode(captions),
-            "caption": captions,
-            "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
-        }
-        if split != "train":
-            dataset = self.datasets[split]
-            batch["references"] = [dataset.references(s["index"], self.hparams.num_references) for s in samples]
-        return batch
+        batch = CaptionBatch(
+            image=torch.stack([s["image"] for s in samples]),
+            tokens=self.tokenizer.encode(captions),
+            caption=captions,
+            index=torch.tensor([s["index"] for s in samples], dtype=torch.long),
+        )
+        if split == "train":
+            return batch
+        dataset = self.datasets[split]
+        references = [dataset.references(s["index"], self.hparams.num_references) for s in samples]
+        return EvaluationBatch(**batch, references=references)
 
     def _loader(self, split: str, shuffle: bool, drop_last: bool) -> DataLoader:
         dataset = self.datasets[split]
