@@ -25,7 +25,7 @@ from m2gan.batch import CaptionBatch, EvaluationBatch, PromptBatch
 from m2gan.checkpoint_io import RNG_KEY, TOKENIZER_KEY, read_checkpoint, upgrade_state_dict
 from m2gan.ema import ema_beta, update_ema
 from m2gan.networks import Discriminator
-from m2gan.networks.generator import check_resolution
+from m2gan.networks.blocks import check_resolution
 from m2gan.objective import GANObjective, GradientPenalty, ObjectiveConfig, TextBatch
 from m2gan.pipeline import PipelineConfig, SamplingPipeline
 from m2gan.tokenizer import CaptionTokenizer

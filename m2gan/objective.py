@@ -37,13 +37,14 @@ from torch import nn
 from m2gan import decoding, losses
 from m2gan.negatives import swap_one_word
 from m2gan.networks import Captioner, Discriminator, Generator, TextEncoder
+from m2gan.settings import SettingsGroup
 from m2gan.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS
 
 GradientPenalty = Literal["r1", "ma_gp", "none"]
 
 
 @dataclass(frozen=True)
-class ObjectiveConfig:
+class ObjectiveConfig(SettingsGroup):
     """The loss weights and switches of one batch; each is documented on :class:`~m2gan.model.M2GAN`."""
 
     adversarial_loss: losses.AdversarialLoss
@@ -60,11 +61,6 @@ class ObjectiveConfig:
     cycle_weight: float
     caption_adversarial_weight: float
     caption_temperature: float
-
-    @classmethod
-    def from_settings(cls, settings: dict) -> ObjectiveConfig:
-        """The fields of this config picked out of a model's settings (its hyperparameters)."""
-        return cls(**{name: settings[name] for name in cls.__dataclass_fields__})
 
     @property
     def has_gradient_penalty(self) -> bool:

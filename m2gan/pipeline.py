@@ -18,11 +18,12 @@ from torch import nn
 from m2gan import decoding
 from m2gan.images import ImageInput, prepare_images, to_uint8
 from m2gan.networks import Captioner, Generator, TextEncoder
+from m2gan.settings import SettingsGroup
 from m2gan.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, CaptionTokenizer
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(SettingsGroup):
     """The sizes that rebuild the sampling networks; each is documented on :class:`~m2gan.model.M2GAN`."""
 
     resolution: int
@@ -38,11 +39,6 @@ class PipelineConfig:
     captioner_layers: int
     captioner_channels: int
     channels_last: bool
-
-    @classmethod
-    def from_settings(cls, settings: dict) -> PipelineConfig:
-        """The fields of this config picked out of a model's settings (its hyperparameters)."""
-        return cls(**{name: settings[name] for name in cls.__dataclass_fields__})
 
     def to_dict(self) -> dict:
         return asdict(self)

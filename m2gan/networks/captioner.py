@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from m2gan.networks.discriminator import DownBlock
+from m2gan.networks.blocks import DownBlock, check_resolution
 
 GRID_SIDE = 8  # the encoder stops at an 8×8 map: 64 image tokens at every input resolution
 
@@ -25,8 +25,7 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, resolution: int, width: int, base_channels: int, max_channels: int) -> None:
         super().__init__()
-        if resolution < 2 * GRID_SIDE or resolution & (resolution - 1):
-            raise ValueError(f"captioner resolution must be a power of two >= {2 * GRID_SIDE}, got {resolution}")
+        check_resolution(resolution, minimum=2 * GRID_SIDE)
         sides = []
         side = resolution
         while side > GRID_SIDE:

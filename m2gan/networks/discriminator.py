@@ -19,26 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m2gan.networks.generator import stage_channels
-
-
-class DownBlock(nn.Module):
-    """A 3×3 convolution, 2×2 average pooling, a second 3×3 convolution, and a residual shortcut.
-
-    The channel increase happens after pooling, at a quarter of the pixels, which keeps the
-    full-resolution stage cheap on a CPU.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, in_channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.avg_pool2d(self.conv1(F.leaky_relu(x, 0.2)), 2)  # (B, C_in, H/2, W/2)
-        h = self.conv2(F.leaky_relu(h, 0.2))  # (B, C_out, H/2, W/2)
-        return self.shortcut(F.avg_pool2d(x, 2)) + h
+from m2gan.networks.blocks import DownBlock, stage_channels
 
 
 class Discriminator(nn.Module):

@@ -8,26 +8,11 @@ scale and shift predicted from ``c`` (text fused at every resolution stage).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def check_resolution(resolution: int) -> int:
-    """Return ``log2(resolution)``; raise ``ValueError`` unless it is a power of two in [32, 256]."""
-    if not isinstance(resolution, int) or resolution < 32 or resolution > 256 or resolution & (resolution - 1):
-        raise ValueError(f"resolution must be a power of two from 32 to 256, got {resolution!r}")
-    return int(math.log2(resolution))
-
-
-def stage_channels(resolution: int, base_channels: int, max_channels: int) -> dict[int, int]:
-    """Channels at each feature-map side 4, 8, …, ``resolution``: doubling as the side halves, capped."""
-    return {
-        4 * 2**i: min(max_channels, base_channels * resolution // (4 * 2**i))
-        for i in range(check_resolution(resolution) - 1)
-    }
+from m2gan.networks.blocks import stage_channels
 
 
 class Modulation(nn.Module):
