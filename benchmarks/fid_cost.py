@@ -35,11 +35,10 @@ import torch
 import torch_fidelity
 import yaml
 from timing import BatchTimer, interleaved_medians  # benchmarks/timing.py
-from torch.utils.data import Dataset
 
 from callbacks import FID
-from m2gan import fid
 from m2gan.data import CaptionDataModule
+from m2gan.eval import fid
 from m2gan.images import to_uint8
 from m2gan.model import M2GAN
 
@@ -53,17 +52,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--inception", type=int, default=0, help="also time Inception FID on this many images")
     parser.add_argument("--quick", action="store_true", help="200 images, 1 repeat, 14 training batches: a smoke run")
     return parser.parse_args()
-
-
-class _Images(Dataset):
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i]
 
 
 def default_config() -> dict:
@@ -115,7 +103,7 @@ def compare(model, datamodule, callback: FID, repeats: int, cache: str) -> dict:
             ]
         )
         metrics = torch_fidelity.calculate_metrics(
-            input1=_Images(images), input2=_Images(real), input2_cache_name=f"real-{callback.extractor_name}",
+            input1=fid.ImageTensors(images), input2=fid.ImageTensors(real), input2_cache_name=f"real-{callback.extractor_name}",
             cache_root=os.path.join(cache, "fidelity"), fid=True, cuda=False, batch_size=step,
             feature_extractor=callback.extractor_name, feature_extractor_weights_path=callback.weights_file, save_cpu_ram=True,
             verbose=False,

@@ -32,9 +32,9 @@ import torch
 
 from m2gan.cli import main as cli_main
 from m2gan.data.shapes import ShapesDataset, named_attributes
+from m2gan.eval.bleu import corpus_bleu
+from m2gan.eval.shapes_judge import ATTRIBUTES, JudgeRecipe, accuracy, labelled_images, scene_labels, train_judge
 from m2gan.grid import prompt_grid
-from m2gan.metrics import corpus_bleu
-from m2gan.shapes_judge import ATTRIBUTES, accuracy, labelled_images, scene_labels, train_judge
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,7 +111,7 @@ def main() -> None:
 
     # The judge learns the attributes at the model's resolution, from its own slice of the data.
     start = time.perf_counter()
-    judge = train_judge(resolution=resolution, **({"pool_size": 1000, "steps": 60} if args.quick else {}))
+    judge = train_judge(JudgeRecipe(resolution=resolution, **({"pool_size": 1000, "steps": 60} if args.quick else {})))
     val_images, val_labels = labelled_images(ShapesDataset("val", 1000, resolution, seed=99, two_object_prob=0.0), 1000)
     judge_accuracy = accuracy(judge, val_images, val_labels)
     judge_seconds = time.perf_counter() - start

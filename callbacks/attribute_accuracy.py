@@ -9,7 +9,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from callbacks.fid import shared_judge_file
 from callbacks.schedule import ValidationSchedule, validation_dataset, will_validate
 from m2gan.cache import cache_root
-from m2gan.shapes_judge import ATTRIBUTES, accuracy, attribute_labels, load_judge
+from m2gan.eval.shapes_judge import ATTRIBUTES, accuracy, attribute_labels, load_judge
 
 
 class AttributeAccuracy(pl.Callback):
@@ -25,7 +25,7 @@ class AttributeAccuracy(pl.Callback):
     Args:
         num_samples: Single-object validation captions drawn and judged.
         every_n_validations: Evaluate at every n-th validation run.
-        judge_weights_path: A judge file from :func:`m2gan.shapes_judge.save_judge`; None = train
+        judge_weights_path: A judge file from :func:`m2gan.eval.shapes_judge.save_judge`; None = train
             one for the model's resolution on first use and cache it.
         batch_size: Images per generator pass.
         seed: Noise seed.

@@ -7,14 +7,14 @@ import os
 import warnings
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from callbacks.schedule import ValidationSchedule
 from m2gan.batch import EvaluationBatch
+from m2gan.eval.bleu import corpus_bleu
+from m2gan.eval.gather import gather_by_index
 from m2gan.images import to_uint8
 from m2gan.loggers import run_dir
-from m2gan.metrics import corpus_bleu
 
 
 class CaptionBLEU(pl.Callback):
@@ -24,7 +24,7 @@ class CaptionBLEU(pl.Callback):
     the model's public :meth:`caption`) and compared with *all* its reference captions (the
     batch's ``references``; a batch without them falls back to its ``caption``). Logged:
 
-    * ``val/bleu1`` … ``val/bleu4`` — conventions in :mod:`m2gan.metrics` (normalised words,
+    * ``val/bleu1`` … ``val/bleu4`` — conventions in :mod:`m2gan.eval.bleu` (normalised words,
       no smoothing, closest reference length with ties to the shorter);
     * ``val/cycle_bleu4`` (if ``cycle``) — the generator draws each validation caption, the
       captioner describes the drawing, and that description is scored against the same references:
@@ -56,23 +56,33 @@ class CaptionBLEU(pl.Callback):
         self.schedule, self.num_beams, self.cycle = ValidationSchedule(every_n_validations), num_beams, cycle
         self.num_table_images, self.seed = num_table_images, seed
         self._active = False
-        self._rows: dict[int, dict] = {}
+        self._rows: dict[str, list] = {}  # per column, one entry per validation image of this process
         self._table: list[dict] = []
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._active = self.schedule.due(trainer)
-        self._rows, self._table = {}, []
+        self._rows, self._table = {"index": [], "caption": [], "cycle": [], "references": []}, []
 
     def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch: EvaluationBatch, batch_idx: int, dataloader_idx=0
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs,
+        batch: EvaluationBatch,
+        batch_idx: int,
+        dataloader_idx=0,
     ) -> None:
         if not self._active:
             return
         images, captions = batch["image"], list(batch["caption"])
         references = batch.get("references") or [[caption] for caption in captions]
-        indices = batch["index"].tolist() if "index" in batch else [None] * len(captions)
-        if None in indices and trainer.world_size > 1:
+        if "index" in batch:
+            indices = batch["index"].tolist()
+        elif trainer.world_size > 1:
             raise ValueError("CaptionBLEU under DDP needs batches with an 'index' entry to count each image once")
+        else:  # one process sees every image once: number them as they come
+            seen = len(self._rows["index"])
+            indices = list(range(seen, seen + len(captions)))
         hypotheses = pl_module.ema.caption(images, num_beams=self.num_beams)
         cycled = [None] * len(captions)
         if self.cycle:
@@ -80,9 +90,9 @@ class CaptionBLEU(pl.Callback):
             cycled = pl_module.ema.caption(drawn, num_beams=self.num_beams)
         normalise = pl_module.tokenizer.normalize
         for i, (index, hypothesis, cycle) in enumerate(zip(indices, hypotheses, cycled)):
-            key = index if index is not None else (batch_idx, i)
             refs = [normalise(r) for r in references[i]]
-            self._rows[key] = {"caption": hypothesis, "cycle": cycle, "references": refs}
+            for column, value in zip(("index", "caption", "cycle", "references"), (index, hypothesis, cycle, refs)):
+                self._rows[column].append(value)
             if trainer.is_global_zero and len(self._table) < self.num_table_images:
                 image = to_uint8(images[i].cpu())
                 self._table.append({"index": index, "image": image, "caption": hypothesis, "references": refs})
@@ -90,19 +100,14 @@ class CaptionBLEU(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active:
             return
-        rows = self._rows
-        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list = [None] * trainer.world_size
-            torch.distributed.all_gather_object(gathered, rows)
-            rows = {key: row for part in gathered for key, row in part.items()}
+        columns = {name: values for name, values in self._rows.items() if name != "index"}
+        rows = gather_by_index(self._rows["index"], columns)  # every process's images, each once
         if not rows:
             return
-        ordered = [rows[key] for key in sorted(rows, key=str)]
-        references = [row["references"] for row in ordered]
-        scores = corpus_bleu([row["caption"] for row in ordered], references)
+        scores = corpus_bleu(rows["caption"], rows["references"])
         metrics = {f"val/{name}": value for name, value in scores.items()}
         if self.cycle:
-            metrics["val/cycle_bleu4"] = corpus_bleu([row["cycle"] for row in ordered], references)["bleu4"]
+            metrics["val/cycle_bleu4"] = corpus_bleu(rows["cycle"], rows["references"])["bleu4"]
         # Every rank holds the same gathered values, so no further reduction is needed.
         for name, value in metrics.items():
             pl_module.log(name, value, sync_dist=False)

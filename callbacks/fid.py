@@ -9,10 +9,11 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 from callbacks.schedule import ValidationSchedule, validation_dataset, will_validate
-from m2gan import fid
 from m2gan.cache import cache_root
+from m2gan.eval import fid
+from m2gan.eval.gather import gather_by_index
+from m2gan.eval.shapes_judge import JudgeRecipe, judge_file
 from m2gan.images import to_uint8
-from m2gan.shapes_judge import JudgeRecipe, judge_file
 
 
 class FID(pl.Callback):
@@ -26,7 +27,7 @@ class FID(pl.Callback):
     features are gathered, rank 0 computes the metrics and broadcasts them, every rank logs them
     (so ``ModelCheckpoint(monitor="val/fid_2k", mode="min")`` works everywhere).
 
-    Logged names state the protocol (:func:`m2gan.fid.metric_names`): ``val/fid_2k`` is Inception
+    Logged names state the protocol (:func:`m2gan.eval.fid.metric_names`): ``val/fid_2k`` is Inception
     FID of 2,000 generated images; ``val/fid_shapes_2k`` is FID in the shapes judge's feature space.
 
     Without weights and without permission to download them, the callback warns once, naming the
@@ -161,7 +162,7 @@ class FID(pl.Callback):
             for start in range(0, len(items), self.batch_size)
         )
         features = fid.extract_features(self.extractor, batches, device)
-        rows = fid.gather_by_index(indices, {**features, "caption": [item["caption"] for item in items]})
+        rows = gather_by_index(indices, {**features, "caption": [item["caption"] for item in items]})
         self._captions = rows.pop("caption")
         self._real = rows
         if path is not None and rank == 0:
@@ -188,7 +189,7 @@ class FID(pl.Callback):
             for b, block in mine
         )
         features = fid.extract_features(self.extractor, batches, device)
-        return fid.gather_by_index([i for _, block in mine for i in block], features)
+        return gather_by_index([i for _, block in mine for i in block], features)
 
 
 def shared_judge_file(trainer: pl.Trainer, resolution: int, cache_dir: str) -> str:

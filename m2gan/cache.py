@@ -2,18 +2,15 @@
 
 Real-image feature statistics for FID and the shapes judge's weights are expensive to compute and
 cheap to keep. Each is stored under :func:`cache_root` by a key that hashes *everything* its
-content depends on (a weights file by its content, not its path), and written atomically so a
-crash never leaves a half-written file that a later run would trust.
+content depends on (a weights file by its content, not its path), and written atomically
+(:mod:`m2gan.atomic`) so a crash never leaves a half-written file that a later run would trust.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -36,24 +33,3 @@ def file_digest(path: str | os.PathLike) -> str:
 def key_digest(fields: dict) -> str:
     """A short stable hash of a JSON-serialisable ``fields`` dict (order of keys does not matter)."""
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is fsync'ed and renamed to ``path``.
-
-    Readers see either the old file or the complete new one, never a partial write.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    try:
-        yield Path(temporary)
-        with open(temporary, "rb") as file:
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise

@@ -16,7 +16,7 @@ import torch
 from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from m2gan.cache import atomic_path
+from m2gan.atomic import atomic_path
 
 TOKENIZER_KEY = "m2gan_tokenizer"
 RNG_KEY = "m2gan_rng_states"

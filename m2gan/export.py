@@ -24,9 +24,9 @@ from typing import TypeVar
 import torch
 from safetensors.torch import load_file, save_file
 
+from m2gan.atomic import staged_folder
 from m2gan.checkpoint_io import TOKENIZER_KEY, CheckpointError, read_checkpoint
 from m2gan.model import M2GAN
-from m2gan.outputs import staged_folder
 from m2gan.pipeline import PipelineConfig, SamplingPipeline
 from m2gan.tokenizer import CaptionTokenizer
 

@@ -14,6 +14,9 @@ from PIL import Image, UnidentifiedImageError
 MIN_SIDE = 8
 """Smallest accepted image side in pixels: below it there is nothing left to describe."""
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+"""File name endings (lower case) read as images where a folder is listed."""
+
 ImageInput = str | os.PathLike | Image.Image
 
 

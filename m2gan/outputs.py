@@ -1,45 +1,14 @@
-"""Writing result folders all at once: a half-finished run never leaves half its files behind."""
+"""Sampling results on disk: one PNG per image and a JSON-lines manifest of what each one is."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
-
-
-@contextlib.contextmanager
-def staged_folder(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out_dir`` that becomes ``out_dir`` when the block succeeds.
-
-    ``out_dir`` must not exist or be empty. On any error the temporary folder is removed and
-    ``out_dir`` is left as it was.
-
-    Raises:
-        ValueError: ``out_dir`` holds files, or its parent cannot be written (the message names it).
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ValueError(f"{out_dir}: exists and is not an empty folder; choose another output folder")
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    except OSError as error:
-        raise ValueError(f"{out_dir}: cannot write there ({error.strerror or error})") from None
-    try:
-        yield staging
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def save_images(folder: str | os.PathLike, images: torch.Tensor, entries: Sequence[dict], manifest: str) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+from m2gan.images import IMAGE_SUFFIXES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,8 +63,9 @@ def pick_device(choice: str) -> torch.device:
 
 
 def run_generate(args: argparse.Namespace, model) -> str:
+    from m2gan.atomic import staged_folder
     from m2gan.grid import prompt_grid
-    from m2gan.outputs import staged_folder, write_images
+    from m2gan.outputs import write_images
     from m2gan.prompts import read_prompts
 
     prompts, skipped = list(args.prompt), 0
@@ -120,13 +121,13 @@ def run_caption(args: argparse.Namespace, model) -> str:
     if args.out is None:
         print("\n".join(lines))
         return f"captioned {len(files)} images"
+    from m2gan.atomic import atomic_path
+
     out = Path(args.out)
-    partial = out.with_name(f".{out.name}.partial")
     try:
-        partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        partial.replace(out)
+        with atomic_path(out) as partial:
+            partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
     except OSError as error:
-        partial.unlink(missing_ok=True)
         raise ValueError(f"{out}: cannot write there ({error.strerror or error})") from None
     return f"captioned {len(files)} images into {out}"
 

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from callbacks import CaptionBLEU, FinalCheckpoint, SampleGrid
+from m2gan.eval.bleu import corpus_bleu
 from m2gan.loggers import AutoWandbLogger
-from m2gan.metrics import corpus_bleu
 from m2gan.model import M2GAN
 
 

@@ -11,24 +11,11 @@ import pytorch_lightning as pl
 import torch
 import torch_fidelity
 import torch_fidelity.feature_extractor_inceptionv3 as inception_module
-from torch.utils.data import Dataset
 
 from callbacks import FID, AttributeAccuracy
-from m2gan import fid
-from m2gan.shapes_judge import save_judge, train_judge
-
-
-class _Images(Dataset):
-    """uint8 images (3, H, W), as torch-fidelity reads a Dataset."""
-
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i]
+from m2gan.eval import fid
+from m2gan.eval.gather import gather_by_index
+from m2gan.eval.shapes_judge import JudgeRecipe, save_judge, train_judge
 
 
 def _blobs(count: int, seed: int, shift: float = 0.0) -> torch.Tensor:
@@ -81,7 +68,7 @@ def test_fid_equals_torch_fidelity_and_is_zero_against_itself(inception_weights)
     layers = fid.metric_layers(fid.INCEPTION, ["fid", "kid", "isc", "prc"])
     ours = fid.compute_metrics(ours_generated, ours_real, layers, kid_subset_size=12)
     theirs = torch_fidelity.calculate_metrics(
-        input1=_Images(generated), input2=_Images(real), cuda=False, batch_size=12, fid=True, kid=True, isc=True,
+        input1=fid.ImageTensors(generated), input2=fid.ImageTensors(real), cuda=False, batch_size=12, fid=True, kid=True, isc=True,
         prc=True, kid_subset_size=12, feature_extractor=fid.INCEPTION, feature_extractor_weights_path=inception_weights, cache=False,
         save_cpu_ram=True, verbose=False,
     )  # fmt: skip
@@ -132,7 +119,7 @@ def test_weights_that_would_run_code_are_refused(tmp_path):
 
 
 def test_gather_by_index_orders_rows_and_counts_each_index_once():
-    rows = fid.gather_by_index([2, 0, 2], {"x": torch.tensor([[2.0], [0.0], [2.0]]), "caption": ["c", "a", "c"]})
+    rows = gather_by_index([2, 0, 2], {"x": torch.tensor([[2.0], [0.0], [2.0]]), "caption": ["c", "a", "c"]})
     assert rows["x"].flatten().tolist() == [0.0, 2.0] and rows["caption"] == ["a", "c"]
 
 
@@ -143,7 +130,7 @@ def test_gather_by_index_orders_rows_and_counts_each_index_once():
 def judge_weights(tmp_path_factory) -> str:
     """A quickly trained shapes judge (not the benchmark's; good enough to give features and labels)."""
     path = tmp_path_factory.mktemp("judge") / "judge.safetensors"
-    save_judge(train_judge(pool_size=600, steps=80, batch_size=64), path, resolution=32)
+    save_judge(train_judge(JudgeRecipe(pool_size=600, steps=80, batch_size=64)), path, resolution=32)
     return str(path)
 
 
@@ -178,7 +165,7 @@ def test_fid_callback_caches_real_features_by_weights_content(
     assert first["val/fid_shapes_24"] > 0 and {"val/kid_shapes_24", "val/precision_shapes_24"} <= set(first)
 
     other = tmp_path / "other-judge.safetensors"
-    save_judge(train_judge(pool_size=200, steps=5, seed=7), other, resolution=32)
+    save_judge(train_judge(JudgeRecipe(pool_size=200, steps=5, seed=7)), other, resolution=32)
     _, calls_with_other = evaluate(str(other))
     assert calls_with_other == 2  # new weights content: new real features
 
@@ -270,7 +257,7 @@ def _gather_in_process(rank: int, world_size: int, init_file: str, out_dir: str)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     # Rank r holds samples r, r + 2, …; the last one is repeated on both ranks, as a padding sampler does.
     indices = [*range(rank, 5, world_size), 4]
-    rows = fid.gather_by_index(
+    rows = gather_by_index(
         indices, {"x": torch.tensor([[float(i)] for i in indices]), "name": [f"s{i}" for i in indices]}
     )
     torch.save({"x": rows["x"], "name": rows["name"]}, os.path.join(out_dir, f"rank{rank}.pt"))

@@ -7,7 +7,7 @@ import math
 import pytest
 import sacrebleu
 
-from m2gan.metrics import corpus_bleu
+from m2gan.eval.bleu import corpus_bleu
 
 CORPORA = {
     "multi-reference": (

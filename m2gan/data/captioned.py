@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from m2gan.images import decode_image, resize_and_crop
+
+SPLITS = ("train", "val", "test")
+"""The splits every dataset format provides."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +100,21 @@ def verify_images(records: list[Record], resolution: int, problems: Problems, th
     return kept
 
 
+def view(
+    image: Image.Image, captions: Sequence[str], resolution: int, augment: bool, flip: bool
+) -> tuple[torch.Tensor, str]:
+    """One visit's sample of an image and its captions: (3, resolution, resolution) pixels and a caption.
+
+    With ``augment`` (training) a random caption and a random crop (and mirror, with ``flip``),
+    drawn from torch's random state; else the centre crop and the first caption.
+    """
+    caption, rng = captions[0], None
+    if augment:
+        caption = captions[int(torch.randint(len(captions), ()))]
+        rng = np.random.default_rng(int(torch.randint(2**62, ())))
+    return resize_and_crop(image, resolution, rng, flip), caption
+
+
 class CaptionedImages(Dataset):
     """Records as training samples: ``{"image": (3, R, R) in [-1, 1], "caption": str, "index": int}``.
 
@@ -142,9 +162,5 @@ class CaptionedImages(Dataset):
             image = decode_image(record.image, self.resolution, record.box)
         except ValueError:
             return None
-        caption, rng = record.captions[0], None
-        if self.augment:
-            caption = record.captions[int(torch.randint(len(record.captions), ()))]
-            rng = np.random.default_rng(int(torch.randint(2**62, ())))
-        pixels = resize_and_crop(image, self.resolution, rng, self.flip)
+        pixels, caption = view(image, record.captions, self.resolution, self.augment, self.flip)
         return {"image": pixels, "caption": caption, "index": index}

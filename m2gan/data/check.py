@@ -15,8 +15,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from typing import get_args
 
 from torch.utils.data import IterableDataset
+
+from m2gan.data.datamodule import DataFormat
 
 
 def describe(datamodule) -> list[str]:
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="count images, captions and problems of a dataset")
     check.add_argument("path", help="dataset folder, or training shards for --format webdataset")
-    check.add_argument("--format", required=True, choices=["coco", "cub", "folder", "webdataset"])
+    check.add_argument("--format", required=True, choices=[f for f in get_args(DataFormat) if f != "shapes"])
     check.add_argument("--val-shards", help="webdataset: validation shards")
     check.add_argument("--resolution", type=int, default=64, help="image side the images are checked at")
     check.add_argument("--no-crop-to-box", action="store_true", help="cub: use whole images")

@@ -24,10 +24,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from m2gan.data.captioned import Problems, Record, clean_captions
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-SPLITS = ("train", "val", "test")
+from m2gan.data.captioned import SPLITS, Problems, Record, clean_captions
+from m2gan.images import IMAGE_SUFFIXES
 
 
 def hashed_split(name: str, val_fraction: float, test_fraction: float) -> str:

@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from m2gan.data.captioned import SPLITS
+
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = ("red", "green", "blue", "yellow", "purple", "cyan", "white")
 SIZES = ("small", "large")
 ROWS = ("top", "middle", "bottom")
 COLS = ("left", "centre", "right")
-SPLITS = ("train", "val", "test")
 
 # Mean RGB of each colour in [0, 1]; each object jitters around it a little.
 _RGB = {

@@ -17,11 +17,9 @@ import json
 import logging
 import os
 
-import numpy as np
-import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from m2gan.data.captioned import Problems, clean_captions
+from m2gan.data.captioned import Problems, clean_captions, view
 from m2gan.images import decode_image, resize_and_crop
 
 log = logging.getLogger(__name__)
@@ -118,11 +116,8 @@ class CaptionShards(IterableDataset):
             if parsed is None:
                 continue
             image, captions, index = parsed
-            caption, rng = captions[0], None
-            if self.augment:
-                caption = captions[int(torch.randint(len(captions), ()))]
-                rng = np.random.default_rng(int(torch.randint(2**62, ())))
-            yield {"image": resize_and_crop(image, self.resolution, rng, self.flip), "caption": caption, "index": index}
+            pixels, caption = view(image, captions, self.resolution, self.augment, self.flip)
+            yield {"image": pixels, "caption": caption, "index": index}
         if problems.total:
             worker = get_worker_info()
             log.warning(

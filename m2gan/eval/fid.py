@@ -10,7 +10,7 @@ training loop needs around them:
   the weights file, so statistics made with one set of weights would be reused with another);
 * weights resolved offline: an explicit file, else torch hub's cache, else (only if allowed) a
   download; a weights file is read as tensors before torch-fidelity unpickles it;
-* the shapes judge (:mod:`m2gan.shapes_judge`) registered as a feature extractor, so the built-in
+* the shapes judge (:mod:`m2gan.eval.shapes_judge`) registered as a feature extractor, so the built-in
   data has a meaningful FID offline. Its numbers are named apart from Inception FID.
 
 Plain torch and torch-fidelity: no Lightning here.
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
@@ -37,12 +37,26 @@ from torch_fidelity.metric_prc import prc_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor
 
-from m2gan.cache import atomic_path, file_digest, key_digest
-from m2gan.shapes_judge import load_judge
+from m2gan.atomic import atomic_path
+from m2gan.cache import file_digest, key_digest
+from m2gan.eval.shapes_judge import load_judge
 
 INCEPTION = "inception-v3-compat"
 SHAPES_JUDGE = "shapes-judge"
 METRICS = ("fid", "kid", "isc", "prc")
+
+
+class ImageTensors(Dataset):
+    """uint8 images (N, 3, H, W) as the ``Dataset`` torch-fidelity's ``calculate_metrics`` reads."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
 
 
 class WeightsUnavailable(RuntimeError):
@@ -59,7 +73,7 @@ class ShapesJudgeFeatures(FeatureExtractorBase):
     Args:
         name: Registered name (:data:`SHAPES_JUDGE`).
         features_list: Requested features.
-        feature_extractor_weights_path: A judge file written by :func:`m2gan.shapes_judge.save_judge`.
+        feature_extractor_weights_path: A judge file written by :func:`m2gan.eval.shapes_judge.save_judge`.
     """
 
     def __init__(self, name: str, features_list: Sequence[str], feature_extractor_weights_path=None, **kwargs) -> None:
@@ -276,30 +290,3 @@ def save_real(path: Path, features: dict[str, torch.Tensor], captions: list[str]
     metadata = {"captions": json.dumps(captions), "fields": json.dumps(fields, sort_keys=True)}
     with atomic_path(path) as temporary:
         save_file({k: v.contiguous() for k, v in features.items()}, str(temporary), metadata=metadata)
-
-
-def gather_by_index(indices: Sequence[int], columns: dict[str, torch.Tensor | list]) -> dict[str, torch.Tensor | list]:
-    """Every process's rows, ordered by sample index, each index kept once.
-
-    ``columns`` maps a name to this rank's rows (a tensor or a list, one row per index; empty dict
-    if this rank had no rows). Under ``torch.distributed`` all ranks' rows are gathered to every
-    rank; outside it the rows are only sorted. A sampler that pads ranks with repeated samples
-    cannot make an image count twice.
-    """
-    parts = [(list(indices), {k: v.cpu() if torch.is_tensor(v) else list(v) for k, v in columns.items()})]
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        gathered: list = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, parts[0])
-        parts = gathered
-    parts = [(index, part) for index, part in parts if index]
-    all_indices = [i for index, _ in parts for i in index]
-    _, first = np.unique(np.asarray(all_indices, dtype=np.int64), return_index=True)
-    merged: dict[str, torch.Tensor | list] = {}
-    for key in parts[0][1] if parts else ():
-        values = [part[key] for _, part in parts]
-        if torch.is_tensor(values[0]):
-            merged[key] = torch.cat(values)[torch.from_numpy(first)]
-        else:
-            flat = [row for value in values for row in value]
-            merged[key] = [flat[i] for i in first]
-    return merged

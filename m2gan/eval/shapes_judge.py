@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from m2gan.cache import atomic_path, cache_root, key_digest
+from m2gan.atomic import atomic_path
+from m2gan.cache import cache_root, key_digest
 from m2gan.data.shapes import COLOURS, SHAPES, SIZES, Scene, ShapesDataset
 from m2gan.networks import AttributeClassifier
 
@@ -66,48 +67,42 @@ def accuracy(
     return {name: correct[name] / images.shape[0] for name in ATTRIBUTES}
 
 
-def train_judge(
-    resolution: int = 32,
-    pool_size: int = 6_000,
-    steps: int = 500,
-    batch_size: int = 64,
-    seed: int = 1234,
-    lr: float = 3e-3,
-) -> AttributeClassifier:
-    """Train an attribute classifier on ``pool_size`` real single-object images (CPU, about a minute at 32 px).
+@dataclasses.dataclass(frozen=True)
+class JudgeRecipe:
+    """How a judge is trained by :func:`train_judge`; also its cache key."""
 
-    The pool comes from the shapes data with its own ``seed``, so it shares no sample with a
-    generator's training data at the default seed.
+    resolution: int = 32
+    pool_size: int = 6_000
+    """Real single-object images it learns from."""
+    steps: int = 500
+    batch_size: int = 64
+    seed: int = 1234
+    """Seed of the pool and the training: its own, so it shares no sample with a generator's data."""
+    lr: float = 3e-3
+
+
+def train_judge(recipe: JudgeRecipe = JudgeRecipe()) -> AttributeClassifier:
+    """Train an attribute classifier on ``recipe.pool_size`` real single-object images (CPU, about a minute at 32 px).
+
+    The pool comes from the shapes data with the recipe's own ``seed``, so it shares no sample with
+    a generator's training data at the default seed.
     """
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    images, labels = labelled_images(
-        ShapesDataset("train", pool_size, resolution, seed, two_object_prob=0.0), pool_size
-    )
+    generator = torch.Generator().manual_seed(recipe.seed)
+    torch.manual_seed(recipe.seed)
+    pool = ShapesDataset("train", recipe.pool_size, recipe.resolution, recipe.seed, two_object_prob=0.0)
+    images, labels = labelled_images(pool, recipe.pool_size)
     classifier = AttributeClassifier(ATTRIBUTES)
-    optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=recipe.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.steps)
     classifier.train()
-    for _ in range(steps):
-        index = torch.randint(pool_size, (batch_size,), generator=generator)
+    for _ in range(recipe.steps):
+        index = torch.randint(recipe.pool_size, (recipe.batch_size,), generator=generator)
         loss = classifier.loss(images[index], {name: value[index] for name, value in labels.items()})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
     return classifier.eval()
-
-
-@dataclasses.dataclass(frozen=True)
-class JudgeRecipe:
-    """How a judge is trained (the arguments of :func:`train_judge`); its cache key."""
-
-    resolution: int = 32
-    pool_size: int = 6_000
-    steps: int = 500
-    batch_size: int = 64
-    seed: int = 1234
-    lr: float = 3e-3
 
 
 def save_judge(classifier: AttributeClassifier, path: str | os.PathLike, resolution: int) -> None:
@@ -154,5 +149,5 @@ def judge_file(recipe: JudgeRecipe = JudgeRecipe(), cache_dir: str | os.PathLike
     )
     path = Path(cache_dir or cache_root()) / "judges" / f"shapes-judge-{recipe.resolution}px-{key}.safetensors"
     if not path.exists():
-        save_judge(train_judge(**dataclasses.asdict(recipe)), path, recipe.resolution)
+        save_judge(train_judge(recipe), path, recipe.resolution)
     return path
