@@ -41,3 +41,22 @@ def test_benchmark_quick_mode_runs(script, tmp_path, monkeypatch, capsys):
         out = capsys.readouterr().out
     # Each script prints its figures last, under a header naming the machine's cores.
     assert f"{script.removesuffix('.py')}:" in out and "cores" in out, out[-2000:]
+
+
+
+def test_overhead_fails_when_the_two_paths_do_different_work(tmp_path, monkeypatch):
+    """The ratio means something only for the same work: a plain loop that skips its EMA update must fail the run."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import plain_loop
+
+    real_init = plain_loop.PlainStep.__init__
+
+    def without_ema(self, model, phase_times=None):
+        real_init(self, model, phase_times)
+        model.update_ema = lambda batch_size: None  # this model only: the Lightning path's stays as it is
+
+    monkeypatch.setattr(plain_loop.PlainStep, "__init__", without_ema)
+    monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / "overhead.py"), "--quick"])
+    with pytest.raises(SystemExit, match="weights differ"):
+        runpy.run_path(str(BENCHMARKS / "overhead.py"), run_name="__main__")
