@@ -6,11 +6,13 @@ and, when written between two training batches, the random states of the next on
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from lightning_fabric.utilities.types import _PATH
@@ -20,6 +22,7 @@ from m2gan.atomic import atomic_path
 
 TOKENIZER_KEY = "m2gan_tokenizer"
 RNG_KEY = "m2gan_rng_states"
+T = TypeVar("T")
 RENAMED_MODULES = {"generator_ema.": "ema.generator.", "text_encoder_ema.": "ema.text_encoder.",
                    "captioner_ema.": "ema.captioner."}  # fmt: skip
 """Weight-name prefixes of checkpoints written before the EMA networks became one ``SamplingPipeline``."""
@@ -62,6 +65,62 @@ def upgrade_state_dict(state: dict[str, torch.Tensor]) -> None:
     for name in [name for name in state if name.startswith(tuple(RENAMED_MODULES))]:
         prefix = name.split(".", 1)[0] + "."
         state[RENAMED_MODULES[prefix] + name[len(prefix) :]] = state.pop(name)
+
+
+def model_settings(source: str | os.PathLike, hparams: dict, model_class: type) -> dict[str, Any]:
+    """A checkpoint's saved model settings over ``model_class``'s defaults (settings an older version did not save).
+
+    Raises:
+        CheckpointError: a setting ``model_class`` does not know (written by a newer or different M2GAN).
+    """
+    signature = inspect.signature(model_class.__init__).parameters
+    hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    unknown = sorted(set(hparams) - set(signature) - {"self"})
+    if unknown:
+        raise CheckpointError(
+            f"{source}: written by a newer or different M2GAN: unknown model settings {unknown}; "
+            "load it with the M2GAN version that wrote it"
+        )
+    defaults = {name: p.default for name, p in signature.items() if p.default is not inspect.Parameter.empty}
+    return {**defaults, **hparams}
+
+
+def valid_settings(source: str | os.PathLike, make: Callable[[], T]) -> T:
+    """``make()``, with its TypeError/ValueError/KeyError (settings the networks refuse) as one CheckpointError."""
+    try:
+        return make()
+    except (TypeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{source}: its model settings are not valid here: {error}") from None
+
+
+def load_weights(
+    source: str | os.PathLike, module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str = ""
+) -> None:
+    """Load ``state`` into ``module`` strictly; a mismatch names the weights as ``source`` calls them (``prefix`` + name)."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(n for n in set(expected) & set(state) if expected[n].shape != state[n].shape)
+    problems = []
+    if missing:
+        problems.append(f"missing {_summary(missing, prefix)}")
+    if unexpected:
+        problems.append(f"unexpected {_summary(unexpected, prefix)}")
+    if wrong_shape:
+        problems.append(f"shapes differ for {_summary(wrong_shape, prefix)}")
+    if problems:
+        raise CheckpointError(
+            f"{source}: does not fit this model ({'; '.join(problems)}); it was written by another M2GAN version "
+            "or config"
+        )
+    module.load_state_dict(state)
+
+
+def _summary(names: list[str], prefix: str, shown: int = 3) -> str:
+    modules = sorted({prefix + name.split(".", 1)[0] for name in names})
+    names = [prefix + name for name in names]
+    listed = ", ".join(names[:shown]) + (f", … ({len(names)} in all)" if len(names) > shown else "")
+    return f"weights of {', '.join(modules)}: {listed}"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -14,23 +14,25 @@ Both give a :class:`~m2gan.pipeline.SamplingPipeline` in eval mode whose ``gener
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from m2gan.atomic import staged_folder
-from m2gan.checkpoint_io import TOKENIZER_KEY, CheckpointError, read_checkpoint
+from m2gan.checkpoint_io import (
+    TOKENIZER_KEY,
+    CheckpointError,
+    load_weights,
+    model_settings,
+    read_checkpoint,
+    valid_settings,
+)
 from m2gan.model import M2GAN
 from m2gan.pipeline import PipelineConfig, SamplingPipeline
 from m2gan.tokenizer import CaptionTokenizer
-
-T = TypeVar("T")
 
 __all__ = ["CheckpointError", "export", "load", "load_checkpoint", "load_export"]
 
@@ -75,7 +77,7 @@ def load_checkpoint(
         if name.startswith(prefix) and name[len(prefix) :].split(".", 1)[0] in EXPORTED_MODULES
     }
     pipeline = _build(path, config, CaptionTokenizer.from_json(checkpoint[TOKENIZER_KEY]))
-    _load_weights(path, pipeline, state, prefix)
+    load_weights(path, pipeline, state, prefix)
     return pipeline.to(map_location).eval()
 
 
@@ -130,9 +132,9 @@ def load_export(directory: str | os.PathLike, map_location: str | torch.device =
         unknown = sorted(set(config["pipeline"]) - set(PipelineConfig.__dataclass_fields__))
         if unknown:
             raise CheckpointError(f"{config_path}: written by a newer or different M2GAN: unknown settings {unknown}")
-        sizes = _valid(directory, lambda: PipelineConfig(**config["pipeline"]))
+        sizes = valid_settings(directory, lambda: PipelineConfig(**config["pipeline"]))
     pipeline = _build(directory, sizes, CaptionTokenizer.from_json(config["tokenizer"]))
-    _load_weights(directory, pipeline, tensors, prefix="")
+    load_weights(directory, pipeline, tensors, prefix="")
     return pipeline.to(map_location).eval()
 
 
@@ -143,58 +145,12 @@ def _v1_name(name: str) -> str:
 
 def _pipeline_config(source: str | os.PathLike, hparams: dict) -> PipelineConfig:
     """The pipeline sizes of an ``M2GAN``'s saved settings; settings it did not save take today's defaults."""
-    signature = inspect.signature(M2GAN.__init__).parameters
-    hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
-    unknown = sorted(set(hparams) - set(signature) - {"self"})
-    if unknown:
-        raise CheckpointError(
-            f"{source}: written by a newer or different M2GAN: unknown model settings {unknown}; "
-            "load it with the M2GAN version that wrote it"
-        )
-    defaults = {name: p.default for name, p in signature.items() if p.default is not inspect.Parameter.empty}
-    return _valid(source, lambda: PipelineConfig.from_settings({**defaults, **hparams}))
-
-
-def _valid(source: str | os.PathLike, make: Callable[[], T]) -> T:
-    """``make()``, its TypeError/ValueError/KeyError (settings the networks refuse) as one CheckpointError."""
-    try:
-        return make()
-    except (TypeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{source}: its model settings are not valid here: {error}") from None
+    settings = model_settings(source, hparams, M2GAN)
+    return valid_settings(source, lambda: PipelineConfig.from_settings(settings))
 
 
 def _build(source: str | os.PathLike, config: PipelineConfig, tokenizer: CaptionTokenizer) -> SamplingPipeline:
-    return _valid(source, lambda: SamplingPipeline.build(config, tokenizer).requires_grad_(False))
-
-
-def _load_weights(
-    source: str | os.PathLike, pipeline: SamplingPipeline, state: dict[str, torch.Tensor], prefix: str
-) -> None:
-    """Load ``state`` strictly; a mismatch names the weights by their names in ``source`` (with ``prefix``)."""
-    expected = pipeline.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(n for n in set(expected) & set(state) if expected[n].shape != state[n].shape)
-    problems = []
-    if missing:
-        problems.append(f"missing {_summary(missing, prefix)}")
-    if unexpected:
-        problems.append(f"unexpected {_summary(unexpected, prefix)}")
-    if wrong_shape:
-        problems.append(f"shapes differ for {_summary(wrong_shape, prefix)}")
-    if problems:
-        raise CheckpointError(
-            f"{source}: does not fit this model ({'; '.join(problems)}); it was written by another M2GAN version "
-            "or config"
-        )
-    pipeline.load_state_dict(state)
-
-
-def _summary(names: list[str], prefix: str, shown: int = 3) -> str:
-    modules = sorted({prefix + name.split(".", 1)[0] for name in names})
-    names = [prefix + name for name in names]
-    listed = ", ".join(names[:shown]) + (f", … ({len(names)} in all)" if len(names) > shown else "")
-    return f"weights of {', '.join(modules)}: {listed}"
+    return valid_settings(source, lambda: SamplingPipeline.build(config, tokenizer).requires_grad_(False))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,16 @@ import torch
 
 from m2gan import losses, rng
 from m2gan.batch import CaptionBatch, EvaluationBatch, PromptBatch
-from m2gan.checkpoint_io import RNG_KEY, TOKENIZER_KEY, read_checkpoint, upgrade_state_dict
+from m2gan.checkpoint_io import (
+    RNG_KEY,
+    TOKENIZER_KEY,
+    CheckpointError,
+    load_weights,
+    model_settings,
+    read_checkpoint,
+    upgrade_state_dict,
+    valid_settings,
+)
 from m2gan.ema import ema_beta, update_ema
 from m2gan.networks import Discriminator
 from m2gan.networks.blocks import check_resolution
@@ -261,10 +270,13 @@ class M2GAN(pl.LightningModule):
         :class:`~m2gan.checkpoint_io.CheckpointError`.
         """
         checkpoint = read_checkpoint(path, map_location)
-        hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
-        model = cls(**hparams)
-        model.on_load_checkpoint(checkpoint)
-        model.load_state_dict(checkpoint["state_dict"])
+        settings = model_settings(path, checkpoint["hyper_parameters"], cls)
+        model = valid_settings(path, lambda: cls(**settings))
+        try:
+            model.on_load_checkpoint(checkpoint)
+        except CheckpointMismatch as error:
+            raise CheckpointError(f"{path}: {error}") from None
+        load_weights(path, model, checkpoint["state_dict"])  # renamed and completed by on_load_checkpoint
         return model.to(map_location).eval()
 
     def configure_optimizers(self):

@@ -114,6 +114,19 @@ def test_missing_checkpoint_path_is_a_clear_error(tmp_path):
         M2GAN.load(tmp_path / "nope.ckpt")
 
 
+def test_a_checkpoint_that_does_not_fit_is_one_clear_error(tiny_model, tmp_path):
+    from m2gan.checkpoint_io import TOKENIZER_KEY, CheckpointError
+
+    state = {k: v for k, v in tiny_model.state_dict().items() if not k.startswith("discriminator.")}
+    checkpoint = {"hyper_parameters": dict(tiny_model.hparams), TOKENIZER_KEY: tiny_model.tokenizer.to_json()}
+    torch.save({**checkpoint, "state_dict": state}, tmp_path / "cut.ckpt")
+    with pytest.raises(CheckpointError, match=r"cut.ckpt: does not fit .*missing weights of discriminator"):
+        M2GAN.load(tmp_path / "cut.ckpt")
+    torch.save({**checkpoint, "state_dict": state, "hyper_parameters": {"warp_drive": 9}}, tmp_path / "new.ckpt")
+    with pytest.raises(CheckpointError, match=r"unknown model settings \['warp_drive'\]"):
+        M2GAN.load(tmp_path / "new.ckpt")
+
+
 def test_checkpoint_from_other_data_is_refused(tiny_model):
     from m2gan.model import TOKENIZER_KEY
     from m2gan.tokenizer import CaptionTokenizer
