@@ -1,4 +1,4 @@
-"""Lightning callbacks of M2GAN: they reach the model only through its public sampling methods."""
+"""Lightning callbacks of M2GAN: they reach the model only through its public sampling pipeline (``model.ema``)."""
 
 from callbacks.attribute_accuracy import AttributeAccuracy
 from callbacks.caption_bleu import CaptionBLEU
