@@ -12,11 +12,17 @@
 4. Caption real images with the EMA captioner (greedy): corpus BLEU-1…4 on the validation split
    against its 5 reference captions per image, and the share of held-out single-object test
    images whose caption names exactly their colour and shape (read off the ground truth).
+5. Binding: a second judge reads two-object scenes (each object's colour and shape, in reading
+   order, and the axis they sit on). For ``--pair-images`` held-out two-object captions, the share
+   of generated images with *everything* right (chance well under 1%), next to the judge's own
+   rate on real images; and the share of real two-object test images whose caption names both
+   objects' colour and shape and their relation right.
 
     python benchmarks/quality_shapes.py                  # 10 minutes of training
     python benchmarks/quality_shapes.py --minutes 2 5 10 # quality after 2, 5 and 10 minutes, one run
     python benchmarks/quality_shapes.py --quick          # 1 minute, a smoke run
     python benchmarks/quality_shapes.py -- --model.cycle_weight 0   # extra CLI overrides
+    python benchmarks/quality_shapes.py -- --model.word_attention_sides [8,16]   # the word-attention generator
 """
 
 from __future__ import annotations
@@ -31,9 +37,17 @@ import pytorch_lightning as pl
 import torch
 
 from m2gan.cli import main as cli_main
-from m2gan.data.shapes import ShapesDataset, named_attributes
+from m2gan.data.shapes import ShapesDataset, named_attributes, named_relation
 from m2gan.eval.bleu import corpus_bleu
-from m2gan.eval.shapes_judge import ATTRIBUTES, JudgeRecipe, accuracy, labelled_images, scene_labels, train_judge
+from m2gan.eval.shapes_judge import (
+    ATTRIBUTES,
+    PAIR_ATTRIBUTES,
+    JudgeRecipe,
+    accuracy,
+    labelled_images,
+    scene_labels,
+    train_judge,
+)
 from m2gan.grid import prompt_grid
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +63,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--eval-images", type=int, default=1000, help="held-out captions to draw and judge")
     parser.add_argument("--bleu-images", type=int, default=512, help="validation images to caption for BLEU")
+    parser.add_argument("--pair-images", type=int, default=500, help="held-out two-object captions to draw and judge")
     parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="keep the training run here and write a grid of judged samples")
@@ -85,6 +100,7 @@ def main() -> None:
     if args.quick:
         args.minutes, args.eval_images = [min(min(args.minutes), 1.0)], min(args.eval_images, 200)
         args.bleu_images = min(args.bleu_images, 128)
+        args.pair_images = min(args.pair_images, 100)
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.out or tmp
@@ -114,11 +130,21 @@ def main() -> None:
     judge = train_judge(JudgeRecipe(resolution=resolution, **({"pool_size": 1000, "steps": 60} if args.quick else {})))
     val_images, val_labels = labelled_images(ShapesDataset("val", 1000, resolution, seed=99, two_object_prob=0.0), 1000)
     judge_accuracy = accuracy(judge, val_images, val_labels)
+    pair_judge = train_judge(
+        JudgeRecipe(
+            resolution=resolution, kind="pair", **({"pool_size": 1000, "steps": 60} if args.quick else {"steps": 1500})
+        )
+    )
+    pair_val = ShapesDataset("val", 1000, resolution, seed=99, two_object_prob=1.0)
+    pair_judge_accuracy = accuracy(pair_judge, *labelled_images(pair_val, 1000, "pair"))
     judge_seconds = time.perf_counter() - start
 
     test = ShapesDataset("test", args.eval_images, resolution, seed=args.seed, two_object_prob=0.0)
     captions = [test.caption(i) for i in range(args.eval_images)]
     labels = scene_labels(test, args.eval_images)
+    pairs = ShapesDataset("test", args.pair_images, resolution, seed=args.seed, two_object_prob=1.0)
+    pair_captions = [pairs.caption(i) for i in range(args.pair_images)]
+    pair_truth = scene_labels(pairs, args.pair_images, "pair")
     rows = []
     for budget, (train_seconds, batches, state) in zip(sorted(args.minutes), snapshots):
         model.load_state_dict(state)
@@ -126,7 +152,17 @@ def main() -> None:
             [model.ema.generate(captions[i : i + 250], seed=args.seed + i) for i in range(0, len(captions), 250)]
         )
         bleu, caption_accuracy = caption_quality(model, test, labels, args.bleu_images)
-        rows.append((budget, train_seconds, batches, accuracy(judge, generated, labels), bleu, caption_accuracy))
+        drawn_pairs = torch.cat(
+            [
+                model.ema.generate(pair_captions[i : i + 250], seed=args.seed + i)
+                for i in range(0, len(pair_captions), 250)
+            ]
+        )
+        binding = accuracy(pair_judge, drawn_pairs, pair_truth)
+        binding["captions"] = pair_caption_accuracy(model, pairs, pair_truth)
+        rows.append(
+            (budget, train_seconds, batches, accuracy(judge, generated, labels), bleu, caption_accuracy, binding)
+        )
     if args.out:  # samples of the longest run's weights (the last snapshot is loaded)
         grid = prompt_grid(model.ema.generate(captions[:8], num_images=6, seed=args.seed), captions[:8], scale=3)
         grid.save(os.path.join(args.out, "judged_samples.png"))
@@ -135,7 +171,9 @@ def main() -> None:
     print(f"judge trained in {judge_seconds:.0f} s; its accuracy on real validation images: "
           + ", ".join(f"{name} {judge_accuracy[name]:.1%}" for name in ATTRIBUTES))  # fmt: skip
     print("chance: " + ", ".join(f"{name} {1 / classes:.1%}" for name, classes in ATTRIBUTES.items()))
-    for budget, train_seconds, batches, generated_accuracy, bleu, caption_accuracy in rows:
+    print("pair judge on real two-object validation images: "
+          + ", ".join(f"{name} {value:.1%}" for name, value in pair_judge_accuracy.items()))  # fmt: skip
+    for budget, train_seconds, batches, generated_accuracy, bleu, caption_accuracy, binding in rows:
         print(f"\nafter {budget:g} min (trained {train_seconds:.0f} s, {batches} batches):")
         print(f"{'attribute':<10} {'chance':>7} {'judge on real':>14} {'generated':>10}")
         for name, classes in ATTRIBUTES.items():
@@ -144,12 +182,19 @@ def main() -> None:
             f"captions of {args.bleu_images} validation images: " + ", ".join(f"{k} {v:.3f}" for k, v in bleu.items())
         )
         print(f"captions naming the right colour and shape ({args.eval_images} test images): {caption_accuracy:.1%}")
+        print(f"two-object scenes ({args.pair_images} held-out captions), generated with everything right: "
+              f"{binding['all']:.1%} (judge on real: {pair_judge_accuracy['all']:.1%}); per attribute: "
+              + ", ".join(f"{name} {binding[name]:.1%}" for name in PAIR_ATTRIBUTES))  # fmt: skip
+        print(
+            f"captions of real two-object images naming both objects and the relation right: {binding['captions']:.1%}"
+        )
     if len(rows) > 1:
         print(f"\n{'minutes':>7} {'batches':>8} " + " ".join(f"{name:>9}" for name in ATTRIBUTES)
-              + f" {'BLEU-4':>7} {'captions':>9}")  # fmt: skip
-        for budget, _, batches, generated_accuracy, bleu, caption_accuracy in rows:
+              + f" {'BLEU-4':>7} {'captions':>9} {'pairs':>7} {'pair captions':>13}")  # fmt: skip
+        for budget, _, batches, generated_accuracy, bleu, caption_accuracy, binding in rows:
             print(f"{budget:>7g} {batches:>8} " + " ".join(f"{generated_accuracy[n]:>9.1%}" for n in ATTRIBUTES)
-                  + f" {bleu['bleu4']:>7.3f} {caption_accuracy:>9.1%}")  # fmt: skip
+                  + f" {bleu['bleu4']:>7.3f} {caption_accuracy:>9.1%} {binding['all']:>7.1%}"
+                  + f" {binding['captions']:>13.1%}")  # fmt: skip
 
 
 def caption_quality(model, test: ShapesDataset, labels: dict, bleu_images: int) -> tuple[dict[str, float], float]:
@@ -170,6 +215,26 @@ def caption_quality(model, test: ShapesDataset, labels: dict, bleu_images: int) 
         for i, n in enumerate(named)
     ]
     return bleu, sum(right) / len(right)
+
+
+def pair_caption_accuracy(model, pairs: ShapesDataset, truth: dict[str, torch.Tensor]) -> float:
+    """How often the captioner's caption of a real two-object image names both objects' colour and
+    shape and their relation right (in either order: "A left of B" and "B right of A" agree)."""
+    images = torch.stack([pairs.image(i) for i in range(len(pairs))])
+    captions = [c for i in range(0, len(pairs), 256) for c in model.ema.caption(images[i : i + 256])]
+    right = 0
+    for i, caption in enumerate(captions):
+        named, where = named_attributes(caption), named_relation(caption)
+        if len(named["shape"]) != 2 or len(named["colour"]) != 2 or where is None:
+            continue
+        order = (0, 1) if where in ("left", "above") else (1, 0)  # mention order -> reading order
+        read = {
+            "first_shape": named["shape"][order[0]], "first_colour": named["colour"][order[0]],
+            "second_shape": named["shape"][order[1]], "second_colour": named["colour"][order[1]],
+            "axis": int(where in ("above", "below")),
+        }  # fmt: skip
+        right += all(read[name] == truth[name][i].item() for name in PAIR_ATTRIBUTES)
+    return right / len(captions)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from m2gan.networks import Discriminator
 from m2gan.networks.blocks import check_resolution
 from m2gan.objective import GANObjective, GradientPenalty, ObjectiveConfig, TextBatch
 from m2gan.pipeline import PipelineConfig, SamplingPipeline
-from m2gan.tokenizer import CaptionTokenizer
+from m2gan.tokenizer import PAD_ID, CaptionTokenizer
 
 
 class CheckpointMismatch(ValueError):
@@ -60,6 +60,9 @@ class M2GAN(pl.LightningModule):
         sentence_dim: Width of the sentence vector that conditions generator and discriminator.
         text_layers: Transformer layers of the text encoder.
         g_channels: Generator channels at full resolution (doubling as the side halves).
+        word_attention_sides: Generator stages (feature-map sides, e.g. ``[8, 16]``) whose features
+            attend to the caption's word features through a gate that starts closed; empty = the
+            sentence-only generator.
         d_channels: Discriminator channels at full resolution (doubling as the side halves).
         max_channels: Cap on channels of both networks at low resolution.
         embed_dim: Width of the discriminator's joint image-text embedding.
@@ -122,6 +125,7 @@ class M2GAN(pl.LightningModule):
         sentence_dim: int = 64,
         text_layers: int = 1,
         g_channels: int = 16,
+        word_attention_sides: tuple[int, ...] = (),
         d_channels: int = 16,
         max_channels: int = 64,
         embed_dim: int = 64,
@@ -412,8 +416,9 @@ class M2GAN(pl.LightningModule):
         # Noise seeded by the batch's first sample: validation never draws from the training RNG
         # (exact resume) and gives the same numbers in every run and under any number of processes.
         seed = int(batch["index"][0]) if "index" in batch else 0
-        _, sentence_ema = self.ema.text_encoder(tokens)
-        fake = self.ema.generator(self.ema.noise(images.shape[0], torch.Generator().manual_seed(seed)), sentence_ema)
+        words, sentence = self.ema.text_encoder(tokens)
+        z = self.ema.noise(images.shape[0], torch.Generator().manual_seed(seed))
+        fake = self.ema.generator(z, sentence, words, tokens == PAD_ID)
         metrics = self.objective.validation_metrics(images, tokens, fake, self.ema.captioner(images, tokens))
         self.log_dict({f"{split}/{name}": value for name, value in metrics.items()}, batch_size=images.shape[0])
 

@@ -75,6 +75,10 @@ class TextBatch(NamedTuple):
     """(B, L) token rows of the batch's captions."""
     sentence: torch.Tensor
     """(B, S) their sentence vectors, detached."""
+    words: torch.Tensor
+    """(B, L, W) their word features, detached (read by a generator that attends to words)."""
+    padding: torch.Tensor
+    """(B, L) True at padding positions of ``tokens``."""
     swapped_sentence: torch.Tensor | None
     """(B, S) sentence vectors of the word-swapped captions (None when ``swap_weight`` is 0)."""
     sampled_tokens: torch.Tensor | None
@@ -147,11 +151,11 @@ class GANObjective:
             texts.append(swap_one_word(tokens, len(SPECIAL_TOKENS)))
         if sampled_tokens is not None:
             texts.append(sampled_tokens)
-        _, sentences = self.text_encoder(torch.cat(texts))  # (B * len(texts), S)
+        words, sentences = self.text_encoder(torch.cat(texts))  # (B * len(texts), L, W), (B * len(texts), S)
         sentences = sentences.split(batch_size)
-        sentence = sentences[0]
+        sentence, words, padding = sentences[0], words[:batch_size].detach(), tokens == PAD_ID
         with torch.no_grad():
-            fake = self.generator(self.noise(batch_size, images.device), sentence.detach())  # (B, 3, H, W)
+            fake = self.generator(self.noise(batch_size, images.device), sentence.detach(), words, padding)
         if penalty:
             images = images.detach().requires_grad_(True)
         embedding, unconditional = d.features(torch.cat([images, fake]))  # (2B, E), (2B,)
@@ -191,7 +195,8 @@ class GANObjective:
             if use_swaps:
                 logs["train/swap_acc"] = (real_logits > swapped_logits).float().mean()
         swapped_sentence = sentences[1].detach() if use_swaps else None
-        return Loss(loss, logs, TextBatch(tokens, sentence.detach(), swapped_sentence, sampled_tokens))
+        text = TextBatch(tokens, sentence.detach(), words, padding, swapped_sentence, sampled_tokens)
+        return Loss(loss, logs, text)
 
     def generator_loss(self, images: torch.Tensor, text: TextBatch) -> Loss:
         """The generator's and captioner's loss for real ``images`` and the ``text`` of the D loss.
@@ -201,7 +206,7 @@ class GANObjective:
         """
         cfg, d = self.config, self.discriminator
         sentence = text.sentence
-        fake = self.generator(self.noise(sentence.shape[0], sentence.device), sentence)  # (B, 3, H, W)
+        fake = self.generator(self.noise(sentence.shape[0], sentence.device), sentence, text.words, text.padding)
         fake_features = d.features(fake)
         text_embedding = d.embed_text(sentence)
         loss = losses.g_adversarial(d.score(fake_features, text_embedding), cfg.adversarial_loss)

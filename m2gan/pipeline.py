@@ -39,6 +39,10 @@ class PipelineConfig(SettingsGroup):
     captioner_layers: int
     captioner_channels: int
     channels_last: bool
+    word_attention_sides: tuple[int, ...] = ()  # absent from exports written before it existed
+
+    def __post_init__(self) -> None:  # a list from YAML or JSON, a tuple here: configs compare equal
+        object.__setattr__(self, "word_attention_sides", tuple(self.word_attention_sides))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,7 +57,15 @@ class PipelineConfig(SettingsGroup):
 
     def generator(self) -> Generator:
         return self._layout(
-            Generator(self.resolution, self.noise_dim, self.sentence_dim, self.g_channels, self.max_channels)
+            Generator(
+                self.resolution,
+                self.noise_dim,
+                self.sentence_dim,
+                self.g_channels,
+                self.max_channels,
+                word_dim=self.text_width,
+                attention_sides=self.word_attention_sides,
+            )
         )
 
     def captioner(self) -> Captioner:
@@ -196,22 +208,34 @@ class SamplingPipeline(nn.Module):
             raise ValueError(f"num_images must be at least 1, got {num_images}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        _, sentence = self.text_encoder(tokens.to(self.device))
-        sentence = sentence.repeat_interleave(num_images, dim=0)  # (N, S)
-        z = self.noise(sentence.shape[0], torch.Generator().manual_seed(seed), truncation)
-        return self.draw(z, sentence, batch_size)
+        tokens = tokens.to(self.device)
+        words, sentence = self.text_encoder(tokens)
+        text = [t.repeat_interleave(num_images, dim=0) for t in (sentence, words, tokens == PAD_ID)]  # N rows
+        z = self.noise(text[0].shape[0], torch.Generator().manual_seed(seed), truncation)
+        return self.draw(z, *text, batch_size=batch_size)
 
     @torch.inference_mode()
     def generate_rows(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
         """One image per prompt, each from the noise of its own seed (so an image does not depend on its batch)."""
-        _, sentence = self.text_encoder(self.encode_prompts(prompts).to(self.device))
+        tokens = self.encode_prompts(prompts).to(self.device)
+        words, sentence = self.text_encoder(tokens)
         z = torch.cat([self.noise(1, torch.Generator().manual_seed(int(seed))) for seed in seeds])
-        return self.draw(z, sentence, batch_size=None)
+        return self.draw(z, sentence, words, tokens == PAD_ID)
 
-    def draw(self, z: torch.Tensor, sentence: torch.Tensor, batch_size: int | None) -> torch.Tensor:
-        """uint8 CPU images (N, 3, H, W) for noise (N, noise_dim) and sentence vectors (N, S)."""
+    def draw(
+        self,
+        z: torch.Tensor,
+        sentence: torch.Tensor,
+        words: torch.Tensor,
+        padding: torch.Tensor,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """uint8 CPU images (N, 3, H, W) for noise (N, noise_dim), sentence vectors (N, S) and words (N, L, W)."""
         step = batch_size or z.shape[0]
-        chunks = [self.generator(z[i : i + step], sentence[i : i + step]) for i in range(0, z.shape[0], step)]
+        chunks = [
+            self.generator(z[i : i + step], sentence[i : i + step], words[i : i + step], padding[i : i + step])
+            for i in range(0, z.shape[0], step)
+        ]
         images = chunks[0] if len(chunks) == 1 else torch.cat(chunks)  # (N, 3, H, W) in [-1, 1]
         return to_uint8(images).cpu().contiguous()  # a channels-last generator's output is NHWC in memory
 

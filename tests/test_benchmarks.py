@@ -17,7 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 HELPERS = {"timing.py", "plain_loop.py"}  # imported by the scripts, not run
 OWN_PROCESS = {"quality_shapes.py", "sampling_speed.py", "step_breakdown.py"}  # W&B keeps process-wide state
 # Extra arguments that keep the smoke run short where --quick alone still trains for a while.
-EXTRA = {"quality_shapes.py": ["--minutes", "0.1", "--eval-images", "50", "--bleu-images", "32"]}
+EXTRA = {"quality_shapes.py": ["--minutes", "0.1", "--eval-images", "50", "--bleu-images", "32", "--pair-images", "32"]}
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name not in HELPERS)
 
 
@@ -41,7 +41,6 @@ def test_benchmark_quick_mode_runs(script, tmp_path, monkeypatch, capsys):
         out = capsys.readouterr().out
     # Each script prints its figures last, under a header naming the machine's cores.
     assert f"{script.removesuffix('.py')}:" in out and "cores" in out, out[-2000:]
-
 
 
 def test_overhead_fails_when_the_two_paths_do_different_work(tmp_path, monkeypatch):

@@ -27,7 +27,9 @@ def _fit(model, datamodule, batches: int) -> pl.Trainer:
 
 
 def test_generate_returns_uint8_images_per_prompt(tiny_model):
-    images = tiny_model.ema.generate(["a red circle at the left", "a small blue square at the top"], num_images=3, seed=0)
+    images = tiny_model.ema.generate(
+        ["a red circle at the left", "a small blue square at the top"], num_images=3, seed=0
+    )
     assert images.shape == (6, 3, 32, 32) and images.dtype == torch.uint8
 
 
@@ -179,7 +181,9 @@ def test_caption_returns_one_string_per_image(tiny_model, datamodule):
     as_uint8 = ((images + 1) * 127.5).round().to(torch.uint8)
     assert tiny_model.ema.caption(as_uint8, num_beams=1) == tiny_model.ema.caption(images, num_beams=1)
     assert len(tiny_model.ema.caption(images[0], num_beams=3)) == 1
-    assert tiny_model.ema.caption(images, temperature=2.0, seed=1) == tiny_model.ema.caption(images, temperature=2.0, seed=1)
+    assert tiny_model.ema.caption(images, temperature=2.0, seed=1) == tiny_model.ema.caption(
+        images, temperature=2.0, seed=1
+    )
 
 
 def test_caption_reads_image_files(tiny_model, tmp_path):
@@ -288,3 +292,19 @@ def test_training_metrics_reach_the_loggers_every_log_interval(datamodule, tiny_
     step_4 = next(row for row in rows if int(row["step"]) == 4)
     for name in ("d_loss", "g_loss"):
         assert trainer.progress_bar_metrics[name] == float(step_4[f"train/{name}"])
+
+
+def test_word_attention_trains_its_gates_and_survives_export(datamodule, tmp_path):
+    from m2gan.export import export, load
+
+    model = M2GAN(
+        vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, word_attention_sides=(8, 16), **TINY_MODEL
+    )
+    _fit(model, datamodule, batches=3)
+    gates = [float(attention.gate) for attention in model.generator.attention.values()]
+    assert len(gates) == 2 and all(gate != 0 for gate in gates)  # the generator's loss opened them
+    prompts = ["a red circle at the left", "a small blue square at the top"]
+    export(model.ema, tmp_path / "export")
+    loaded = load(tmp_path / "export")
+    assert loaded.config.word_attention_sides == (8, 16)
+    assert torch.equal(loaded.generate(prompts, 2, seed=1), model.ema.generate(prompts, 2, seed=1))

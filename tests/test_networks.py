@@ -49,3 +49,45 @@ def test_attribute_classifier_heads():
     classifier = AttributeClassifier({"shape": 4, "colour": 7})
     logits = classifier(torch.randn(2, 3, 32, 32))
     assert logits["shape"].shape == (2, 4) and logits["colour"].shape == (2, 7)
+
+
+def _attending_generator() -> Generator:
+    torch.manual_seed(0)
+    return Generator(32, noise_dim=8, sentence_dim=16, base_channels=4, max_channels=16, word_dim=12,
+                     attention_sides=(8, 16))  # fmt: skip
+
+
+def test_word_attention_spreads_over_words_and_never_over_padding():
+    attention = _attending_generator().attention["8"]
+    x, words = torch.randn(2, 16, 8, 8), torch.randn(2, 5, 12)
+    padding = torch.tensor([[False, False, False, True, True], [False] * 5])
+    weights = attention.weights(x, words, padding)  # (B, 64 positions, 5 words)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 64))
+    assert weights[0, :, 3:].abs().max() == 0 and weights[0, :, :3].min() > 0
+    # What sits under padding never reaches the output, whatever it is.
+    attention.gate.data.fill_(1.0)
+    changed = words.clone()
+    changed[0, 3:] += 100.0
+    torch.testing.assert_close(attention(x, changed, padding), attention(x, words, padding))
+
+
+def test_a_closed_gate_is_the_sentence_only_generator_and_an_open_one_listens_to_words():
+    attending = _attending_generator()
+    torch.manual_seed(0)
+    plain = Generator(32, noise_dim=8, sentence_dim=16, base_channels=4, max_channels=16)
+    assert {k for k in attending.state_dict() if not k.startswith("attention.")} == set(plain.state_dict())
+    plain.load_state_dict({k: v for k, v in attending.state_dict().items() if not k.startswith("attention.")})
+    z, sentence, padding = torch.randn(2, 8), torch.randn(2, 16), torch.zeros(2, 4, dtype=torch.bool)
+    words = torch.randn(2, 4, 12)
+    torch.testing.assert_close(attending(z, sentence, words, padding), plain(z, sentence))  # gates start closed
+    for attention in attending.attention.values():
+        attention.gate.data.fill_(0.5)
+        torch.nn.init.normal_(attention.out.weight)
+    assert not torch.allclose(attending(z, sentence, words, padding), attending(z, sentence, words.flip(1), padding))
+    with pytest.raises(ValueError, match="pass words and padding"):
+        attending(z, sentence)
+
+
+def test_attention_sides_must_be_stages_of_the_generator():
+    with pytest.raises(ValueError, match=r"attention sides \[4, 64\]"):
+        Generator(32, attention_sides=(4, 8, 64))

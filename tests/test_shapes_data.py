@@ -111,3 +111,19 @@ def test_batch_size_is_the_global_batch_split_between_processes():
     assert data.val_dataloader().batch_size == 8
     with pytest.raises(ValueError, match="data.batch_size=32 is not divisible by the 3 processes"):
         data.batch_per_process(3)
+
+
+def test_the_pair_judge_reads_the_same_scene_whichever_object_a_caption_names_first():
+    from m2gan.data.shapes import ShapeObject, named_relation
+    from m2gan.eval.shapes_judge import reading_order
+
+    red_circle = ShapeObject(shape=0, colour=0, size=0, row=1, col=0)  # middle left
+    blue_square = ShapeObject(shape=1, colour=2, size=1, row=1, col=2)  # middle right
+    assert (
+        reading_order(red_circle, blue_square) == reading_order(blue_square, red_circle) == (red_circle, blue_square, 0)
+    )
+    above = ShapeObject(shape=2, colour=3, size=0, row=0, col=1)
+    assert reading_order(blue_square.__class__(3, 4, 0, 2, 1), above) == (above, ShapeObject(3, 4, 0, 2, 1), 1)
+    assert named_relation("a big red disc to the left of a tiny blue box") == "left"
+    assert named_relation("there is a red circle under a blue square") == "below"
+    assert named_relation("a red circle in the top left") is None

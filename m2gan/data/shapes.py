@@ -157,8 +157,11 @@ def _describe_object(obj: ShapeObject, rng: np.random.Generator) -> str:
     return f"{pick(SIZES[obj.size])} {pick(COLOURS[obj.colour])} {pick(SHAPES[obj.shape])}"
 
 
-def _relation(a: ShapeObject, b: ShapeObject) -> str:
-    # The axis with the larger grid distance names the relation; ties go to left/right.
+def relation(a: ShapeObject, b: ShapeObject) -> str:
+    """Where ``a`` is relative to ``b``: "left", "right", "above" or "below" (the caption's relation).
+
+    The axis with the larger grid distance names the relation; ties go to left/right.
+    """
     dr, dc = b.row - a.row, b.col - a.col
     if abs(dc) >= abs(dr):
         return "left" if dc > 0 else "right"
@@ -173,7 +176,7 @@ def describe(scene: Scene, rng: np.random.Generator) -> str:
         template = _ONE_OBJECT[rng.integers(len(_ONE_OBJECT))]
         return template.format(obj=_describe_object(obj, rng), place=places[rng.integers(len(places))])
     a, b = scene.objects
-    relations = _RELATIONS[_relation(a, b)]
+    relations = _RELATIONS[relation(a, b)]
     template = _TWO_OBJECTS[rng.integers(len(_TWO_OBJECTS))]
     return template.format(
         obj1=_describe_object(a, rng), rel=relations[rng.integers(len(relations))], obj2=_describe_object(b, rng)
@@ -195,6 +198,13 @@ def named_attributes(caption: str) -> dict[str, list[int]]:
                     found[attribute].append((start, value))
                     start = text.find(f" {word} ", start + 1)
     return {attribute: [value for _, value in sorted(hits)] for attribute, hits in found.items()}
+
+
+def named_relation(caption: str) -> str | None:
+    """The relation a two-object caption names ("left", "right", "above", "below"), or None if none or several."""
+    text = f" {' '.join(caption.lower().split())} "
+    named = {where for where, phrases in _RELATIONS.items() for phrase in phrases if f" {phrase} " in text}
+    return named.pop() if len(named) == 1 else None
 
 
 def _coverage(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -4,6 +4,12 @@ An :class:`~m2gan.networks.AttributeClassifier` trained on real single-object sh
 shape, colour, size and grid position off an image. Applied to images generated for held-out
 captions, it tells whether the generator draws what the text asks for; its own accuracy on real
 validation images says how far to trust it.
+
+A second kind, the *pair* judge, reads two-object scenes: the shape and colour of the first and of
+the second object in reading order (left before right, upper before lower) and the axis they sit
+on. A generated image gets everything right only if each object has its own words' colour and
+shape and the two sit as the caption's relation says: it measures whether words are bound to
+their objects.
 """
 
 from __future__ import annotations
@@ -13,16 +19,48 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from m2gan.atomic import atomic_path
 from m2gan.cache import cache_root, key_digest
-from m2gan.data.shapes import COLOURS, SHAPES, SIZES, Scene, ShapesDataset
+from m2gan.data.shapes import COLOURS, SHAPES, SIZES, Scene, ShapeObject, ShapesDataset, relation
 from m2gan.networks import AttributeClassifier
 
 ATTRIBUTES = {"shape": len(SHAPES), "colour": len(COLOURS), "size": len(SIZES), "position": 9}
+PAIR_ATTRIBUTES = {
+    "first_shape": len(SHAPES), "first_colour": len(COLOURS), "second_shape": len(SHAPES),
+    "second_colour": len(COLOURS), "axis": 2,
+}  # fmt: skip
+JudgeKind = Literal["single", "pair"]
+
+
+def reading_order(a: ShapeObject, b: ShapeObject) -> tuple[ShapeObject, ShapeObject, int]:
+    """The two objects of a scene, first the left (or upper) one, and their axis: 0 side by side, 1 stacked.
+
+    The same for "A left of B" and "B right of A": what a pair judge reads off an image.
+    """
+    where = relation(a, b)
+    first, second = (a, b) if where in ("left", "above") else (b, a)
+    return first, second, int(where in ("above", "below"))
+
+
+def pair_labels(scene: Scene) -> dict[str, int]:
+    """Labels of a two-object scene, keyed like :data:`PAIR_ATTRIBUTES`."""
+    if len(scene.objects) != 2:
+        raise ValueError("the pair judge reads two-object scenes only")
+    first, second, axis = reading_order(*scene.objects)
+    return {
+        "first_shape": first.shape, "first_colour": first.colour, "second_shape": second.shape,
+        "second_colour": second.colour, "axis": axis,
+    }  # fmt: skip
+
+
+def judged(kind: JudgeKind) -> dict[str, int]:
+    """The attributes (name: classes) a judge of ``kind`` reads."""
+    return ATTRIBUTES if kind == "single" else PAIR_ATTRIBUTES
 
 
 def attribute_labels(scene: Scene) -> dict[str, int]:
@@ -33,17 +71,22 @@ def attribute_labels(scene: Scene) -> dict[str, int]:
     return {"shape": obj.shape, "colour": obj.colour, "size": obj.size, "position": obj.cell}
 
 
-def scene_labels(dataset: ShapesDataset, count: int) -> dict[str, torch.Tensor]:
-    """Labels (each (count,) long) of the first ``count`` samples of a single-object ``dataset``."""
-    if dataset.two_object_prob != 0:
-        raise ValueError("the judge needs a dataset with two_object_prob=0")
-    rows = [attribute_labels(dataset.scene(i)) for i in range(count)]
-    return {name: torch.tensor([r[name] for r in rows]) for name in ATTRIBUTES}
+def scene_labels(dataset: ShapesDataset, count: int, kind: JudgeKind = "single") -> dict[str, torch.Tensor]:
+    """Labels (each (count,) long) of the first ``count`` samples of a single-object (or, for
+    ``kind="pair"``, a two-object) ``dataset``."""
+    needed = 0.0 if kind == "single" else 1.0
+    if dataset.two_object_prob != needed:
+        raise ValueError(f"the {kind} judge needs a dataset with two_object_prob={needed:g}")
+    labels_of = attribute_labels if kind == "single" else pair_labels
+    rows = [labels_of(dataset.scene(i)) for i in range(count)]
+    return {name: torch.tensor([r[name] for r in rows]) for name in judged(kind)}
 
 
-def labelled_images(dataset: ShapesDataset, count: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The first ``count`` images of a single-object ``dataset`` and their labels."""
-    labels = scene_labels(dataset, count)
+def labelled_images(
+    dataset: ShapesDataset, count: int, kind: JudgeKind = "single"
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The first ``count`` images of ``dataset`` and their labels (see :func:`scene_labels`)."""
+    labels = scene_labels(dataset, count, kind)
     return torch.stack([dataset.image(i) for i in range(count)]), labels
 
 
@@ -59,12 +102,16 @@ def accuracy(
     if images.dtype == torch.uint8:
         images = images.float() / 127.5 - 1
     device = next(classifier.parameters()).device
-    correct = {name: 0 for name in ATTRIBUTES}
+    right = {name: torch.zeros(images.shape[0], dtype=torch.bool) for name in labels}
     for start in range(0, images.shape[0], batch_size):
         logits = classifier(images[start : start + batch_size].to(device))
-        for name in ATTRIBUTES:
-            correct[name] += (logits[name].argmax(1).cpu() == labels[name][start : start + batch_size]).sum().item()
-    return {name: correct[name] / images.shape[0] for name in ATTRIBUTES}
+        for name in labels:
+            right[name][start : start + batch_size] = (
+                logits[name].argmax(1).cpu() == labels[name][start : start + batch_size]
+            )
+    scores = {name: hits.float().mean().item() for name, hits in right.items()}
+    scores["all"] = torch.stack(list(right.values())).all(0).float().mean().item()  # every attribute of an image
+    return scores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +126,8 @@ class JudgeRecipe:
     seed: int = 1234
     """Seed of the pool and the training: its own, so it shares no sample with a generator's data."""
     lr: float = 3e-3
+    kind: JudgeKind = "single"
+    """``"single"``: one-object scenes (:data:`ATTRIBUTES`); ``"pair"``: two-object scenes (:data:`PAIR_ATTRIBUTES`)."""
 
 
 def train_judge(recipe: JudgeRecipe = JudgeRecipe()) -> AttributeClassifier:
@@ -89,9 +138,10 @@ def train_judge(recipe: JudgeRecipe = JudgeRecipe()) -> AttributeClassifier:
     """
     generator = torch.Generator().manual_seed(recipe.seed)
     torch.manual_seed(recipe.seed)
-    pool = ShapesDataset("train", recipe.pool_size, recipe.resolution, recipe.seed, two_object_prob=0.0)
-    images, labels = labelled_images(pool, recipe.pool_size)
-    classifier = AttributeClassifier(ATTRIBUTES)
+    two_objects = 0.0 if recipe.kind == "single" else 1.0
+    pool = ShapesDataset("train", recipe.pool_size, recipe.resolution, recipe.seed, two_object_prob=two_objects)
+    images, labels = labelled_images(pool, recipe.pool_size, recipe.kind)
+    classifier = AttributeClassifier(judged(recipe.kind))
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=recipe.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.steps)
     classifier.train()
@@ -107,12 +157,13 @@ def train_judge(recipe: JudgeRecipe = JudgeRecipe()) -> AttributeClassifier:
 
 def save_judge(classifier: AttributeClassifier, path: str | os.PathLike, resolution: int) -> None:
     """Write a judge as safetensors, its attributes and resolution in the header (no pickle)."""
-    metadata = {"attributes": json.dumps(ATTRIBUTES), "resolution": str(resolution)}
+    attributes = {name: head.out_features for name, head in classifier.heads.items()}
+    metadata = {"attributes": json.dumps(attributes), "resolution": str(resolution)}
     with atomic_path(path) as temporary:
         save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(temporary), metadata=metadata)
 
 
-def load_judge(path: str | os.PathLike) -> tuple[AttributeClassifier, int]:
+def load_judge(path: str | os.PathLike, kind: JudgeKind = "single") -> tuple[AttributeClassifier, int]:
     """Read a judge written by :func:`save_judge`; returns it (in eval mode) and its image resolution.
 
     Raises:
@@ -126,9 +177,9 @@ def load_judge(path: str | os.PathLike) -> tuple[AttributeClassifier, int]:
         state = load_file(str(path))
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
         raise ValueError(f"{path}: not a readable shapes judge ({error})") from None
-    if json.loads(metadata.get("attributes", "null")) != ATTRIBUTES:
-        raise ValueError(f"{path}: judges other attributes than {ATTRIBUTES}; delete it to retrain")
-    classifier = AttributeClassifier(ATTRIBUTES)
+    if json.loads(metadata.get("attributes", "null")) != judged(kind):
+        raise ValueError(f"{path}: judges other attributes than {judged(kind)}; delete it to retrain")
+    classifier = AttributeClassifier(judged(kind))
     classifier.load_state_dict(state)
     return classifier.eval(), int(metadata["resolution"])
 
@@ -143,11 +194,12 @@ def judge_file(recipe: JudgeRecipe = JudgeRecipe(), cache_dir: str | os.PathLike
     key = key_digest(
         {
             **dataclasses.asdict(recipe),
-            "attributes": ATTRIBUTES,
+            "attributes": judged(recipe.kind),
             "probe": hashlib.sha256(probe.numpy().tobytes()).hexdigest(),
         }
     )
-    path = Path(cache_dir or cache_root()) / "judges" / f"shapes-judge-{recipe.resolution}px-{key}.safetensors"
+    name = f"shapes-{'pair-' if recipe.kind == 'pair' else ''}judge-{recipe.resolution}px-{key}.safetensors"
+    path = Path(cache_dir or cache_root()) / "judges" / name
     if not path.exists():
         save_judge(train_judge(recipe), path, recipe.resolution)
     return path

@@ -4,6 +4,12 @@ A DF-GAN-style stack of up-sampling residual blocks. The condition ``c = [z, sen
 twice: a linear layer turns it into the 4×4 starting feature map (so the layout, e.g. where an
 object sits, can depend on the text), and every block modulates its features with a per-channel
 scale and shift predicted from ``c`` (text fused at every resolution stage).
+
+Optionally (``attention_sides``), the feature maps of some stages also attend to the caption's
+word features (AttnGAN's word attention, as cross-attention): each position reads the words that
+concern it, so "cyan" can act on one object and "red" on another. Each attention enters through a
+learned gate that starts closed, so a stage begins as the sentence-only generator and opens to the
+words as far as training finds them useful.
 """
 
 from __future__ import annotations
@@ -27,6 +33,36 @@ class Modulation(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         gamma, beta = self.mlp(cond)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
         return x * (1 + gamma) + beta
+
+
+class WordAttention(nn.Module):
+    """Cross-attention from every position of a feature map to the words of its caption.
+
+    Args:
+        channels: Channels of the feature map (queries, and the output).
+        word_dim: Width of the text encoder's word features (keys and values).
+    """
+
+    def __init__(self, channels: int, word_dim: int) -> None:
+        super().__init__()
+        self.query = nn.Conv2d(channels, channels, 1)
+        self.key = nn.Linear(word_dim, channels)
+        self.value = nn.Linear(word_dim, channels)
+        self.out = nn.Conv2d(channels, channels, 1)
+        self.gate = nn.Parameter(torch.zeros(()))  # tanh(0) = 0: closed at the start
+
+    def weights(self, x: torch.Tensor, words: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """Attention of each position over the words, (B, H*W, L); rows sum to 1, padding gets 0."""
+        q = self.query(F.leaky_relu(x, 0.2)).flatten(2).transpose(1, 2)  # (B, HW, C)
+        k = self.key(words)  # (B, L, C)
+        scores = q @ k.transpose(1, 2) / q.shape[-1] ** 0.5  # (B, HW, L)
+        return scores.masked_fill(padding[:, None, :], float("-inf")).softmax(dim=-1)
+
+    def forward(self, x: torch.Tensor, words: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, C, H, W) plus the gated words it attends to; ``padding`` (B, L) is True where ignored."""
+        attended = self.weights(x, words, padding) @ self.value(words)  # (B, HW, C)
+        attended = attended.transpose(1, 2).reshape(x.shape)  # (B, C, H, W)
+        return x + torch.tanh(self.gate) * self.out(attended)
 
 
 class UpBlock(nn.Module):
@@ -60,6 +96,8 @@ class Generator(nn.Module):
         sentence_dim: Width of the text encoder's sentence vector.
         base_channels: Channels at full resolution; they double at each halving of the side.
         max_channels: Cap on channels at low resolution.
+        word_dim: Width of the text encoder's word features (needed with ``attention_sides``).
+        attention_sides: Feature-map sides (8 … resolution) whose block output attends to the words.
     """
 
     def __init__(
@@ -69,6 +107,8 @@ class Generator(nn.Module):
         sentence_dim: int = 64,
         base_channels: int = 32,
         max_channels: int = 128,
+        word_dim: int = 64,
+        attention_sides: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         self.resolution, self.noise_dim = resolution, noise_dim
@@ -79,11 +119,33 @@ class Generator(nn.Module):
         sides = sorted(channels)
         self.blocks = nn.ModuleList(UpBlock(channels[s // 2], channels[s], cond_dim) for s in sides[1:])
         self.to_rgb = nn.Conv2d(channels[resolution], 3, 3, padding=1)
+        unknown = sorted(set(attention_sides) - set(sides[1:]))
+        if unknown:
+            raise ValueError(
+                f"attention sides {unknown} are not block outputs of a {resolution}px generator {sides[1:]}"
+            )
+        # Built last, so the sentence-only layers draw the same initial weights with or without them.
+        self.attention = nn.ModuleDict({str(s): WordAttention(channels[s], word_dim) for s in sorted(attention_sides)})
 
-    def forward(self, z: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
-        """Generate images (B, 3, resolution, resolution) from ``z`` (B, noise_dim) and ``sentence`` (B, D)."""
+    def forward(
+        self,
+        z: torch.Tensor,
+        sentence: torch.Tensor,
+        words: torch.Tensor | None = None,
+        padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Generate images (B, 3, resolution, resolution) from ``z`` (B, noise_dim) and ``sentence`` (B, D).
+
+        ``words`` (B, L, word_dim) and their ``padding`` mask (B, L, True where ignored) are read by
+        the attention stages, if any.
+        """
+        if self.attention and (words is None or padding is None):
+            raise ValueError("this generator attends to words: pass words and padding")
         cond = torch.cat([z, sentence], dim=1)  # (B, noise_dim + D)
         x = self.fc(cond).view(-1, self.start_channels, 4, 4)  # (B, C, 4, 4)
         for block in self.blocks:
             x = block(x, cond)  # side doubles each block
+            attention = self.attention[str(x.shape[-1])] if str(x.shape[-1]) in self.attention else None
+            if attention is not None:
+                x = attention(x, words, padding)
         return torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))
