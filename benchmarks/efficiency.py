@@ -10,9 +10,13 @@
    default since this benchmark measured it); fused Adam; bf16 autocast; ``torch.compile`` (``--compile``,
    slow to warm up). Prints each variant's speed-up over the baseline and its model-FLOP
    utilisation (achieved FLOP/s over the fp32 matmul peak).
+4. With ``--binding``, what the binding options cost on top of the default (channels-last) model:
+   the generator's word attention at 8×8 and 16×16 (``model.word_attention_sides``), and that
+   plus the word-region matching loss (``model.word_region_weight``); each with its own FLOPs.
 
     python benchmarks/efficiency.py              # 60 timed batches per variant, about a minute
     python benchmarks/efficiency.py --compile    # also torch.compile (minutes of compilation)
+    python benchmarks/efficiency.py --binding    # also the word-attention and word-region options
     python benchmarks/efficiency.py --quick      # a smoke run
 """
 
@@ -45,9 +49,12 @@ def matmul_flops_per_second(size: int, dtype: torch.dtype, repeats: int) -> floa
 class Variant:
     """One way of running the plain training step: a model, its step, and how each batch is fed."""
 
-    def __init__(self, name: str, make_model, channels_last=False, fused=False, autocast=None, compile=False):
+    def __init__(
+        self, name: str, make_model, channels_last=False, fused=False, autocast=None, compile=False, **model_args
+    ):
         self.name, self.times = name, []
-        model = make_model(0, channels_last=channels_last).train()
+        model = make_model(0, channels_last=channels_last, **model_args).train()
+        self.model_args = model_args  # a model of other sizes or losses does other FLOPs
         if compile:
             for attribute in ("generator", "discriminator", "captioner", "text_encoder"):
                 setattr(model, attribute, torch.compile(getattr(model, attribute)))
@@ -76,6 +83,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=60, help="timed batches per variant")
     parser.add_argument("--warmup", type=int, default=8, help="untimed batches per variant first")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow warm-up)")
+    parser.add_argument("--binding", action="store_true", help="also time the word-attention and word-region options")
     parser.add_argument("--quick", action="store_true", help="a few batches: a smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -95,6 +103,10 @@ def main() -> None:
     ]
     if args.compile:
         variants.append(Variant("torch.compile", make_model, compile=True))
+    if args.binding:
+        attention = {"channels_last": True, "word_attention_sides": (8, 16)}
+        variants.append(Variant("+ word attention", make_model, **attention))
+        variants.append(Variant("+ word-region", make_model, **attention, word_region_weight=1.0))
     torch.manual_seed(1)
     for batch in batches[: args.warmup]:
         for variant in variants:
@@ -114,7 +126,7 @@ def main() -> None:
     print(f"{'variant':<18} {'ms/batch':>9} {'speed-up':>9} {'GFLOP/s':>8} {'MFU (fp32 peak)':>16}")
     for variant in variants:
         seconds = variant.seconds_per_batch()
-        achieved = flops / seconds
+        achieved = (flops_per_batch(variant.step.model, batches[0]) if variant.model_args else flops) / seconds
         print(f"{variant.name:<18} {seconds * 1000:9.1f} {baseline / seconds:8.2f}x {achieved / 1e9:8.2f} "
               f"{achieved / fp32_peak:15.1%}")  # fmt: skip
 

@@ -22,7 +22,7 @@
     python benchmarks/quality_shapes.py --minutes 2 5 10 # quality after 2, 5 and 10 minutes, one run
     python benchmarks/quality_shapes.py --quick          # 1 minute, a smoke run
     python benchmarks/quality_shapes.py -- --model.cycle_weight 0   # extra CLI overrides
-    python benchmarks/quality_shapes.py -- --model.word_attention_sides [8,16]   # the word-attention generator
+    python benchmarks/quality_shapes.py -- --model.word_attention_sides [8,16] --model.word_region_weight 1   # binding
 """
 
 from __future__ import annotations

@@ -81,6 +81,41 @@ def contrastive(
     return 0.5 * (F.cross_entropy(logits, targets) + text_to_image)
 
 
+def word_region_similarity(
+    words: torch.Tensor, padding: torch.Tensor, regions: torch.Tensor, sharpness: float = 5.0
+) -> torch.Tensor:
+    """How well each image shows each caption word by word (AttnGAN's DAMSM, XMC-GAN's word-region term).
+
+    Every word of caption ``j`` attends over the regions of image ``i``; the similarity is the mean,
+    over the caption's words, of the cosine between a word and the region mix it attended to.
+    Contextual word features ("red" of "red circle" is not "red" of "red square") let it tell
+    which attribute belongs to which object.
+
+    Args:
+        words: (B, L, E) word embeddings of B captions.
+        padding: (B, L) True at padding positions (left out of the mean).
+        regions: (B, R, E) region embeddings of B images.
+        sharpness: Inverse temperature of each word's attention over regions.
+
+    Returns:
+        (B, B) similarities in [-1, 1]: row ``i`` an image, column ``j`` a caption.
+    """
+    w = F.normalize(words, dim=-1)
+    r = F.normalize(regions, dim=-1)
+    attention = (sharpness * torch.einsum("jle,ire->ijlr", w, r)).softmax(dim=-1)  # (Bi, Bj, L, R)
+    attended = torch.einsum("ijlr,ire->ijle", attention, r)  # (Bi, Bj, L, E)
+    cosine = F.cosine_similarity(attended, w.unsqueeze(0), dim=-1)  # (Bi, Bj, L)
+    keep = (~padding).to(cosine.dtype).unsqueeze(0)  # (1, Bj, L)
+    return (cosine * keep).sum(-1) / keep.sum(-1).clamp_min(1.0)
+
+
+def matching_cross_entropy(similarity: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE of a (B, B) image-caption similarity matrix whose diagonal holds the pairs."""
+    logits = similarity / temperature
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+
+
 def r1_penalty(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """R1 penalty: mean over the batch of ``||d logits / d images||^2`` (multiply by gamma/2 yourself).
 

@@ -76,7 +76,11 @@ class M2GAN(pl.LightningModule):
             the discriminator and text encoder; 0 turns it off.
         contrastive_weight_g: Weight of the contrastive loss on generated images, trained into the
             generator (its images must be recognisable as their caption among the batch's); 0 = off.
-        contrastive_temperature: Temperature of both contrastive losses.
+        contrastive_temperature: Temperature of both contrastive losses (and the word-region one).
+        word_region_weight: Weight of the word-region matching loss (XMC-GAN, AttnGAN's DAMSM): each
+            word of a caption attends over the discriminator's 4×4 regions of the image, and real
+            pairs must match word by word better than the batch's other pairings; trained into the
+            discriminator and text encoder on real images and into the generator on its own; 0 = off.
         gradient_penalty: ``"r1"`` (on real images), ``"ma_gp"`` (DF-GAN's matching-aware penalty on
             real images and sentences) or ``"none"``.
         gp_weight: R1's gamma, or MA-GP's coefficient.
@@ -135,6 +139,7 @@ class M2GAN(pl.LightningModule):
         contrastive_weight_d: float = 1.0,
         contrastive_weight_g: float = 1.0,
         contrastive_temperature: float = 0.1,
+        word_region_weight: float = 0.0,
         gradient_penalty: GradientPenalty = "r1",
         gp_weight: float = 0.1,
         gp_interval: int = 4,
@@ -186,7 +191,8 @@ class M2GAN(pl.LightningModule):
         sizes = PipelineConfig.from_settings(self.hparams)
         self.text_encoder = sizes.text_encoder()
         self.generator = sizes.generator()
-        self.discriminator = Discriminator(resolution, sentence_dim, d_channels, max_channels, embed_dim)
+        word_dim = text_width if word_region_weight > 0 else None
+        self.discriminator = Discriminator(resolution, sentence_dim, d_channels, max_channels, embed_dim, word_dim)
         if channels_last:
             self.discriminator.to(memory_format=torch.channels_last)
         self.captioner = sizes.captioner()

@@ -61,6 +61,7 @@ class ObjectiveConfig(SettingsGroup):
     cycle_weight: float
     caption_adversarial_weight: float
     caption_temperature: float
+    word_region_weight: float
 
     @property
     def has_gradient_penalty(self) -> bool:
@@ -151,14 +152,14 @@ class GANObjective:
             texts.append(swap_one_word(tokens, len(SPECIAL_TOKENS)))
         if sampled_tokens is not None:
             texts.append(sampled_tokens)
-        words, sentences = self.text_encoder(torch.cat(texts))  # (B * len(texts), L, W), (B * len(texts), S)
+        all_words, sentences = self.text_encoder(torch.cat(texts))  # (B * len(texts), L, W), (B * len(texts), S)
         sentences = sentences.split(batch_size)
-        sentence, words, padding = sentences[0], words[:batch_size].detach(), tokens == PAD_ID
+        sentence, words, padding = sentences[0], all_words[:batch_size], tokens == PAD_ID
         with torch.no_grad():
-            fake = self.generator(self.noise(batch_size, images.device), sentence.detach(), words, padding)
+            fake = self.generator(self.noise(batch_size, images.device), sentence.detach(), words.detach(), padding)
         if penalty:
             images = images.detach().requires_grad_(True)
-        embedding, unconditional = d.features(torch.cat([images, fake]))  # (2B, E), (2B,)
+        (embedding, unconditional), regions = d.features_and_regions(torch.cat([images, fake]))  # (2B, E), (2B,)
         real = (embedding[:batch_size], unconditional[:batch_size])
         fake = (embedding[batch_size:], unconditional[batch_size:])
         text_embedding = d.embed_text(sentence)  # (B, E)
@@ -180,6 +181,11 @@ class GANObjective:
             contrastive = losses.contrastive(real[0], text_embedding, cfg.contrastive_temperature, swapped_embedding)
             loss = loss + cfg.contrastive_weight_d * contrastive
             logs["train/d_contrastive"] = contrastive.detach()
+        if cfg.word_region_weight > 0:
+            similarity = losses.word_region_similarity(d.embed_words(words), padding, regions[:batch_size])
+            word_region = losses.matching_cross_entropy(similarity, cfg.contrastive_temperature)
+            loss = loss + cfg.word_region_weight * word_region
+            logs["train/d_word_region"] = word_region.detach()
         if penalty:
             if cfg.gradient_penalty == "r1":
                 gp = 0.5 * cfg.gp_weight * losses.r1_penalty(real_logits, images)
@@ -195,7 +201,7 @@ class GANObjective:
             if use_swaps:
                 logs["train/swap_acc"] = (real_logits > swapped_logits).float().mean()
         swapped_sentence = sentences[1].detach() if use_swaps else None
-        text = TextBatch(tokens, sentence.detach(), words, padding, swapped_sentence, sampled_tokens)
+        text = TextBatch(tokens, sentence.detach(), words.detach(), padding, swapped_sentence, sampled_tokens)
         return Loss(loss, logs, text)
 
     def generator_loss(self, images: torch.Tensor, text: TextBatch) -> Loss:
@@ -207,7 +213,7 @@ class GANObjective:
         cfg, d = self.config, self.discriminator
         sentence = text.sentence
         fake = self.generator(self.noise(sentence.shape[0], sentence.device), sentence, text.words, text.padding)
-        fake_features = d.features(fake)
+        fake_features, fake_regions = d.features_and_regions(fake)
         text_embedding = d.embed_text(sentence)
         loss = losses.g_adversarial(d.score(fake_features, text_embedding), cfg.adversarial_loss)
         logs = {"train/g_adv": loss.detach()}
@@ -216,6 +222,11 @@ class GANObjective:
             contrastive = losses.contrastive(fake_features[0], text_embedding, cfg.contrastive_temperature, hard)
             loss = loss + cfg.contrastive_weight_g * contrastive
             logs["train/g_contrastive"] = contrastive.detach()
+        if cfg.word_region_weight > 0:  # each word must be drawn where it can be found
+            similarity = losses.word_region_similarity(d.embed_words(text.words), text.padding, fake_regions)
+            word_region = losses.matching_cross_entropy(similarity, cfg.contrastive_temperature)
+            loss = loss + cfg.word_region_weight * word_region
+            logs["train/g_word_region"] = word_region.detach()
         if cfg.cycle_weight > 0:
             with frozen(self.captioner):
                 cycle = losses.caption_cross_entropy(self.captioner(fake, text.tokens), text.tokens, PAD_ID)

@@ -66,3 +66,21 @@ def test_matching_aware_gradient_penalty_of_a_linear_critic():
     logits = 3 * images.flatten(1).sum(1) + 4 * sentence.sum(1)
     # gradient norm sqrt(3^2 + 4^2) = 5, to the power 2
     assert losses.matching_aware_gradient_penalty(logits, images, sentence, power=2).item() == pytest.approx(25.0)
+
+
+def test_word_region_similarity_matches_words_to_the_regions_that_show_them():
+    from m2gan.losses import matching_cross_entropy, word_region_similarity
+
+    torch.manual_seed(0)
+    words = torch.randn(3, 4, 8)
+    padding = torch.tensor([[False, False, True, True], [False, False, False, True], [False] * 4])
+    # Image i's regions are caption i's words (and some clutter): the diagonal must win every row and column.
+    regions = torch.cat([words, torch.randn(3, 5, 8)], dim=1)
+    similarity = word_region_similarity(words, padding, regions, sharpness=50.0)
+    assert similarity.shape == (3, 3)
+    assert torch.equal(similarity.argmax(0), torch.arange(3)) and torch.equal(similarity.argmax(1), torch.arange(3))
+    # Padding words count for nothing, whatever they hold.
+    changed = words.clone()
+    changed[0, 2:] = torch.randn(2, 8)
+    torch.testing.assert_close(word_region_similarity(changed, padding, regions, 50.0)[:, 0], similarity[:, 0])
+    assert matching_cross_entropy(similarity, 0.1) < matching_cross_entropy(similarity.flip(1), 0.1)

@@ -308,3 +308,26 @@ def test_word_attention_trains_its_gates_and_survives_export(datamodule, tmp_pat
     loaded = load(tmp_path / "export")
     assert loaded.config.word_attention_sides == (8, 16)
     assert torch.equal(loaded.generate(prompts, 2, seed=1), model.ema.generate(prompts, 2, seed=1))
+
+
+def test_word_region_matching_trains_the_discriminator_head_and_reaches_the_generator(datamodule, tmp_path):
+    import csv
+
+    from pytorch_lightning.loggers import CSVLogger
+
+    model = M2GAN(
+        vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, word_region_weight=1.0, **TINY_MODEL
+    )
+    before = {k: v.clone() for k, v in model.discriminator.state_dict().items() if "projection" in k}
+    assert {k.split(".")[0] for k in before} == {"text_projection", "region_projection", "word_projection"}
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=0, log_every_n_steps=1, logger=CSVLogger(tmp_path),
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, datamodule)
+    with open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv") as file:
+        logged = [row for row in csv.DictReader(file) if row.get("train/d_loss")]
+    for name in ("train/d_word_region", "train/g_word_region"):  # both sides' terms are computed and logged
+        assert all(0 < float(row[name]) < 10 for row in logged), name
+    for name in ("region_projection.weight", "word_projection.weight"):
+        assert not torch.equal(before[name], model.discriminator.state_dict()[name]), name

@@ -31,6 +31,8 @@ class Discriminator(nn.Module):
         base_channels: Channels at full resolution; they double at each halving of the side.
         max_channels: Cap on channels at low resolution.
         embed_dim: Width of the joint image-text embedding used by the projection head.
+        word_dim: With a value, a word-region head: the 4×4 map's 16 regions and the caption's
+            words (of this width) are projected into the joint embedding, for word-by-word matching.
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class Discriminator(nn.Module):
         base_channels: int = 32,
         max_channels: int = 128,
         embed_dim: int = 64,
+        word_dim: int | None = None,
     ) -> None:
         super().__init__()
         channels = stage_channels(resolution, base_channels, max_channels)
@@ -49,12 +52,28 @@ class Discriminator(nn.Module):
         self.to_embedding = nn.Linear(channels[4] * 4 * 4, embed_dim)
         self.unconditional = nn.Linear(channels[4] * 4 * 4, 1)
         self.text_projection = nn.Linear(sentence_dim, embed_dim)
+        if word_dim is not None:  # built last: the other layers draw the same initial weights without it
+            self.region_projection = nn.Conv2d(channels[4], embed_dim, 1)
+            self.word_projection = nn.Linear(word_dim, embed_dim)
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image embedding ``h`` (B, embed_dim) and unconditional logits (B,) of images (B, 3, H, W)."""
-        x = self.blocks(self.from_rgb(images))  # (B, C, 4, 4)
-        flat = F.leaky_relu(x, 0.2).flatten(1)  # (B, C * 16)
-        return self.to_embedding(flat), self.unconditional(flat).squeeze(1)
+        return self.features_and_regions(images)[0]
+
+    def features_and_regions(
+        self, images: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+        """:meth:`features`, and the region embeddings (B, 16, embed_dim) with a word-region head (else None)."""
+        x = F.leaky_relu(self.blocks(self.from_rgb(images)), 0.2)  # (B, C, 4, 4)
+        flat = x.flatten(1)  # (B, C * 16)
+        features = (self.to_embedding(flat), self.unconditional(flat).squeeze(1))
+        if not hasattr(self, "region_projection"):
+            return features, None
+        return features, self.region_projection(x).flatten(2).transpose(1, 2)  # (B, 16, embed_dim)
+
+    def embed_words(self, words: torch.Tensor) -> torch.Tensor:
+        """Word embeddings (B, L, embed_dim) in the regions' space (needs the word-region head)."""
+        return self.word_projection(words)
 
     def embed_text(self, sentence: torch.Tensor) -> torch.Tensor:
         """Text embedding ``P s`` (B, embed_dim) in the image embedding's space."""
