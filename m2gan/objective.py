@@ -8,11 +8,11 @@ One batch gives two losses:
 * :meth:`GANObjective.discriminator_loss`, minimised by the discriminator and the text encoder:
   the matching-aware adversarial loss with its negatives — (generated image, caption), (real image,
   another sample's caption), (real image, its caption with one word swapped), (real image, a caption
-  the captioner sampled) — plus the image–text contrastive loss and, on penalty batches, the lazy
-  gradient penalty;
+  the captioner sampled) — plus the image–text contrastive loss, the word-region matching loss if
+  on, and, on penalty batches, the lazy gradient penalty;
 * :meth:`GANObjective.generator_loss`, minimised by the generator and the captioner: adversarial,
-  contrastive and cycle losses of the generated images, the captioner's cross-entropy on real
-  pairs and, if on, its adversarial caption loss.
+  contrastive (sentence and, if on, word-region) and cycle losses of the generated images, the
+  captioner's cross-entropy on real pairs and, if on, its adversarial caption loss.
 
 Where the text encoder gets its gradient decides whether conditioning is learned at all: trained
 only to help the generator fool the discriminator, its features collapse and the generator ignores
