@@ -142,11 +142,12 @@ def test_print_config_shows_the_default_job(tmp_path):
     assert "contrastive_weight_d" in result.stdout
 
 
+@pytest.mark.parametrize("size", ["gpu-64px", "cpu-64px"])
 @pytest.mark.parametrize("data", ["coco", "cub", "folder", "webdataset"])
-def test_a_size_file_and_a_data_file_compose(capsys, data):
+def test_a_size_file_and_a_data_file_compose(capsys, size, data):
     from m2gan.cli import main
 
-    sizes, data_file = ROOT / "configs" / "sizes" / "gpu-64px.yaml", ROOT / "configs" / "data" / f"{data}.yaml"
+    sizes, data_file = ROOT / "configs" / "sizes" / f"{size}.yaml", ROOT / "configs" / "data" / f"{data}.yaml"
     with pytest.raises(SystemExit) as exit_:
         main(
             str(ROOT / "configs" / "default.yaml"),
@@ -155,7 +156,8 @@ def test_a_size_file_and_a_data_file_compose(capsys, data):
     assert exit_.value.code in (0, None)
     printed = __import__("yaml").safe_load(capsys.readouterr().out)
     assert printed["data"]["format"] == data and printed["data"]["resolution"] == 64  # each file's own part
-    assert printed["model"]["max_channels"] == 256 and printed["model"]["gp_interval"] == 16  # size file, default
+    widths = {"gpu-64px": 256, "cpu-64px": 64}  # the GPU size file's own, the CPU one keeps the default job's
+    assert printed["model"]["max_channels"] == widths[size] and printed["model"]["gp_interval"] == 16
     grid = next(c for c in printed["trainer"]["callbacks"] if c["class_path"] == "callbacks.SampleGrid")
     assert grid["init_args"]["prompts"] is None  # drawn from the data's own validation captions
 
