@@ -37,6 +37,7 @@ import torch
 from timing import interleaved_medians  # benchmarks/timing.py
 
 from m2gan.data.shapes import ShapesDataset
+from m2gan.tokenizer import PAD_ID
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,17 +95,19 @@ def main() -> None:
         tokens = model.encode_prompts(prompts)
         # A prompt with unknown words sends generate down its slower warning path: say so beside the figures.
         with_unknown_words = int((tokens == model.tokenizer.unk_id).any(dim=1).sum())
+        padding = tokens == PAD_ID
         with torch.inference_mode():
-            _, sentence = model.text_encoder(tokens)
+            words, sentence = model.text_encoder(tokens)
             z = model.noise(n, torch.Generator().manual_seed(0))
 
         def generator_only() -> None:
             with torch.inference_mode():
-                model.generator(z, sentence)
+                model.generator(z, sentence, words, padding)
 
         def networks() -> None:  # every network a prompt passes through, from token ids
             with torch.inference_mode():
-                model.generator(z, model.text_encoder(tokens)[1])
+                encoded_words, encoded_sentence = model.text_encoder(tokens)
+                model.generator(z, encoded_sentence, encoded_words, padding)
 
         def tokenize() -> None:
             model.encode_prompts(prompts)
