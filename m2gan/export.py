@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from m2gan.atomic import staged_folder
 from m2gan.checkpoint_io import (
+    RENAMED_MODULES,
     TOKENIZER_KEY,
     CheckpointError,
     load_weights,
@@ -41,7 +42,6 @@ EXPORT_VERSION = 2  # 1: the whole model's settings under "hparams", weights nam
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 EXPORTED_MODULES = ("text_encoder", "generator", "captioner")
-V1_NAMES = {"generator_ema": "generator", "text_encoder_ema": "text_encoder", "captioner_ema": "captioner"}
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", ema: bool = True) -> SamplingPipeline:
@@ -139,8 +139,9 @@ def load_export(directory: str | os.PathLike, map_location: str | torch.device =
 
 
 def _v1_name(name: str) -> str:
-    module, rest = name.split(".", 1)
-    return f"{V1_NAMES.get(module, module)}.{rest}"
+    """A format-1 export's weight name (``generator_ema.…``) as the pipeline's (``generator.…``)."""
+    prefix = name.split(".", 1)[0] + "."
+    return RENAMED_MODULES.get(prefix, prefix).removeprefix("ema.") + name[len(prefix) :]
 
 
 def _pipeline_config(source: str | os.PathLike, hparams: dict) -> PipelineConfig:

@@ -52,7 +52,8 @@ class Discriminator(nn.Module):
         self.to_embedding = nn.Linear(channels[4] * 4 * 4, embed_dim)
         self.unconditional = nn.Linear(channels[4] * 4 * 4, 1)
         self.text_projection = nn.Linear(sentence_dim, embed_dim)
-        if word_dim is not None:  # built last: the other layers draw the same initial weights without it
+        self.has_regions = word_dim is not None
+        if self.has_regions:  # built last: the other layers draw the same initial weights without it
             self.region_projection = nn.Conv2d(channels[4], embed_dim, 1)
             self.word_projection = nn.Linear(word_dim, embed_dim)
 
@@ -67,7 +68,7 @@ class Discriminator(nn.Module):
         x = F.leaky_relu(self.blocks(self.from_rgb(images)), 0.2)  # (B, C, 4, 4)
         flat = x.flatten(1)  # (B, C * 16)
         features = (self.to_embedding(flat), self.unconditional(flat).squeeze(1))
-        if not hasattr(self, "region_projection"):
+        if not self.has_regions:
             return features, None
         return features, self.region_projection(x).flatten(2).transpose(1, 2)  # (B, 16, embed_dim)
 
