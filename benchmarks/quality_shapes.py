@@ -6,24 +6,30 @@
    CPU-minute).
 2. Train an attribute classifier (the judge) on real single-object shapes images and report its
    accuracy on real validation images (it must be near 100% for its verdicts to mean anything).
-3. Draw one image with the EMA generator for each of ``--eval-images`` held-out captions (test
-   split, single objects) and print the judge's shape, colour, size and position accuracy next to
+3. Draw one image with the EMA generator for each of ``--eval-images`` captions of the test
+   split (single objects) and print the judge's shape, colour, size and position accuracy next to
    the chance level.
 4. Caption real images with the EMA captioner (greedy): corpus BLEU-1…4 on the validation split
-   against its 5 reference captions per image, and the share of held-out single-object test
+   against its 5 reference captions per image, and the share of single-object test
    images whose caption names exactly their colour and shape (read off the ground truth).
 5. Binding: a second judge reads two-object scenes (each object's colour and shape, in reading
-   order, and the axis they sit on). For ``--pair-images`` held-out two-object captions, the share
+   order, and the axis they sit on). For ``--pair-images`` two-object test captions, the share
    of generated images with *everything* right (chance well under 1%), next to the judge's own
    rate on real images; and the share of real two-object test images whose caption names both
    objects' colour and shape and their relation right.
+6. With ``--held-out``, some (colour, shape) combinations never appear in training; the test
+   captions are split into scenes that show one and the rest, and both are judged.
+
+``--variant NAME=ARGS`` (repeatable) trains several variants in one run, one after the other, each
+for the same wall-clock budget, and judges them alike with the same judges and captions.
 
     python benchmarks/quality_shapes.py                  # 10 minutes of training
     python benchmarks/quality_shapes.py --minutes 2 5 10 # quality after 2, 5 and 10 minutes, one run
     python benchmarks/quality_shapes.py --quick          # 1 minute, a smoke run
     python benchmarks/quality_shapes.py --coco-format 12000   # the real-data path: see --coco-format
     python benchmarks/quality_shapes.py -- --model.cycle_weight 0   # extra CLI overrides
-    python benchmarks/quality_shapes.py -- --model.word_attention_sides [8,16] --model.word_region_weight 1   # binding
+    python benchmarks/quality_shapes.py --held-out "purple triangle" "cyan cross" \
+        --variant sentence= --variant "attention=--model.word_attention_sides=[8,16]"   # same-run ablation
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +46,7 @@ import pytorch_lightning as pl
 import torch
 
 from m2gan.cli import main as cli_main
-from m2gan.data.shapes import ShapesDataset, named_attributes, named_relation
+from m2gan.data.shapes import ShapesDataset, named_attributes, named_relation, parse_combinations
 from m2gan.eval.bleu import corpus_bleu
 from m2gan.eval.shapes_judge import (
     ATTRIBUTES,
@@ -74,6 +81,22 @@ def parse_args() -> argparse.Namespace:
         "COCO-format dataset at 64 px and train on it through the COCO loader with configs/sizes/cpu-64px.yaml "
         "(crop augmentation off: the captions name exact positions)",
     )
+    parser.add_argument(
+        "--held-out",
+        nargs="+",
+        default=[],
+        metavar="COMBINATION",
+        help='(colour, shape) combinations such as "purple triangle" that training never shows; the test '
+        "captions are split into scenes that show one and the rest, and both are reported",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="train one more variant in this run, with these extra train.py fit arguments (repeatable; "
+        'e.g. "sentence=" "attention=--model.word_attention_sides=[8,16]"); all are judged alike',
+    )
     parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="keep the training run here and write a grid of judged samples")
@@ -105,44 +128,75 @@ class Snapshots(pl.Callback):
         self.taken.append((elapsed, int(pl_module.g_steps), state))
 
 
+def train(args: argparse.Namespace, workdir: str, overrides: list[str]):
+    """Train one variant for the longest budget; the trained module and its snapshots."""
+    seconds = int(round(max(args.minutes) * 60))
+    budget = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    real_data = []
+    if args.coco_format:
+        root = Path(workdir) / "coco"
+        start = time.perf_counter()
+        write_coco(root, {"train": args.coco_format, "val": 1000}, resolution=64, held_out=args.held_out)
+        print(f"wrote {args.coco_format} + 1000 COCO-format images in {time.perf_counter() - start:.0f} s")
+        configs = (ROOT / "configs" / "sizes" / "cpu-64px.yaml", ROOT / "configs" / "data" / "coco.yaml")
+        real_data = [*(f"--config={c}" for c in configs), f"--data.root={root}", "--data.augment=false"]
+    elif args.held_out:
+        real_data = [f"--data.held_out={json.dumps(args.held_out)}"]
+    cli = cli_main(
+        args.config,
+        [
+            "fit",
+            *real_data,
+            f"--seed_everything={args.seed}",
+            f"--trainer.max_time={budget}",
+            "--trainer.max_epochs=-1",
+            f"--trainer.logger.init_args.save_dir={workdir}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.callbacks+=quality_shapes.Snapshots",
+            f"--trainer.callbacks.minutes={sorted(args.minutes)}",
+            *args.overrides,
+            *overrides,
+        ],
+    )
+    snapshots = next(c for c in cli.trainer.callbacks if type(c).__name__ == "Snapshots").taken
+    return cli.model.cpu().eval(), snapshots
+
+
+def split_by_combination(dataset: ShapesDataset, held_out: list[str], count: int) -> tuple[list[int], list[int]]:
+    """The first ``count`` indices of ``dataset`` whose scene shows no held-out (colour, shape)
+    combination, and the first ``count`` that show one (none without ``held_out``)."""
+    excluded = parse_combinations(held_out)
+    seen, held = [], []
+    for i in range(len(dataset)):
+        if len(seen) >= count and (len(held) >= count or not excluded):
+            break
+        shown = {(o.colour, o.shape) for o in dataset.scene(i).objects}
+        (held if shown & excluded else seen).append(i)
+    return seen[:count], held[:count]
+
+
+def generate(model, captions: list[str], seed: int) -> torch.Tensor:
+    """One image per caption, in chunks of 250 (the noise of chunk k is seeded ``seed + 250 k``)."""
+    chunks = [model.ema.generate(captions[i : i + 250], seed=seed + i) for i in range(0, len(captions), 250)]
+    return torch.cat(chunks) if chunks else torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
+
+
 def main() -> None:
     args = parse_args()
     if args.quick:
         args.minutes, args.eval_images = [min(min(args.minutes), 1.0)], min(args.eval_images, 200)
         args.bleu_images = min(args.bleu_images, 128)
         args.pair_images = min(args.pair_images, 100)
+    variants = [v.partition("=") for v in args.variant] or [("run", "=", "")]
+    os.environ.setdefault("WANDB_MODE", "offline")
 
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = args.out or tmp
-        seconds = int(round(max(args.minutes) * 60))
-        budget = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-        os.environ.setdefault("WANDB_MODE", "offline")
-        real_data = []
-        if args.coco_format:
-            root = Path(workdir) / "coco"
-            start = time.perf_counter()
-            write_coco(root, {"train": args.coco_format, "val": 1000}, resolution=64)
-            print(f"wrote {args.coco_format} + 1000 COCO-format images in {time.perf_counter() - start:.0f} s")
-            configs = (ROOT / "configs" / "sizes" / "cpu-64px.yaml", ROOT / "configs" / "data" / "coco.yaml")
-            real_data = [*(f"--config={c}" for c in configs), f"--data.root={root}", "--data.augment=false"]
-        cli = cli_main(
-            args.config,
-            [
-                "fit",
-                *real_data,
-                f"--seed_everything={args.seed}",
-                f"--trainer.max_time={budget}",
-                "--trainer.max_epochs=-1",
-                f"--trainer.logger.init_args.save_dir={workdir}",
-                "--trainer.enable_progress_bar=false",
-                "--trainer.callbacks+=quality_shapes.Snapshots",
-                f"--trainer.callbacks.minutes={sorted(args.minutes)}",
-                *args.overrides,
-            ],
-        )
-        model = cli.model.cpu().eval()
-        resolution = model.hparams.resolution
-        snapshots = next(c for c in cli.trainer.callbacks if type(c).__name__ == "Snapshots").taken
+        for name, _, extra in variants:
+            workdir = os.path.join(args.out or tmp, name)
+            print(f"training {name}: {extra or '(no extra arguments)'}")
+            runs.append((name, *train(args, workdir, shlex.split(extra))))
+    resolution = runs[0][1].hparams.resolution
 
     # The judge learns the attributes at the model's resolution, from its own slice of the data.
     start = time.perf_counter()
@@ -158,33 +212,37 @@ def main() -> None:
     pair_judge_accuracy = accuracy(pair_judge, *labelled_images(pair_val, 1000, "pair"))
     judge_seconds = time.perf_counter() - start
 
-    test = ShapesDataset("test", args.eval_images, resolution, seed=args.seed, two_object_prob=0.0)
-    captions = [test.caption(i) for i in range(args.eval_images)]
-    labels = scene_labels(test, args.eval_images)
-    pairs = ShapesDataset("test", args.pair_images, resolution, seed=args.seed, two_object_prob=1.0)
-    pair_captions = [pairs.caption(i) for i in range(args.pair_images)]
-    pair_truth = scene_labels(pairs, args.pair_images, "pair")
+    # Held-out test captions; with --held-out, split into scenes that show a held-out combination and the rest.
+    test = ShapesDataset("test", 10**6, resolution, seed=args.seed, two_object_prob=0.0)
+    pairs = ShapesDataset("test", 10**6, resolution, seed=args.seed, two_object_prob=1.0)
+    tests = {
+        "single": (test, "single", split_by_combination(test, args.held_out, args.eval_images)),
+        "pair": (pairs, "pair", split_by_combination(pairs, args.held_out, args.pair_images)),
+    }
     rows = []
-    for budget, (train_seconds, batches, state) in zip(sorted(args.minutes), snapshots):
-        model.load_state_dict(state)
-        generated = torch.cat(
-            [model.ema.generate(captions[i : i + 250], seed=args.seed + i) for i in range(0, len(captions), 250)]
-        )
-        bleu, caption_accuracy = caption_quality(model, test, labels, args.bleu_images)
-        drawn_pairs = torch.cat(
-            [
-                model.ema.generate(pair_captions[i : i + 250], seed=args.seed + i)
-                for i in range(0, len(pair_captions), 250)
-            ]
-        )
-        binding = accuracy(pair_judge, drawn_pairs, pair_truth)
-        binding["captions"] = pair_caption_accuracy(model, pairs, pair_truth)
-        rows.append(
-            (budget, train_seconds, batches, accuracy(judge, generated, labels), bleu, caption_accuracy, binding)
-        )
-    if args.out:  # samples of the longest run's weights (the last snapshot is loaded)
-        grid = prompt_grid(model.ema.generate(captions[:8], num_images=6, seed=args.seed), captions[:8], scale=3)
-        grid.save(os.path.join(args.out, "judged_samples.png"))
+    for name, model, snapshots in runs:
+        for budget, (train_seconds, batches, state) in zip(sorted(args.minutes), snapshots):
+            model.load_state_dict(state)
+            row = {"variant": name, "budget": budget, "seconds": train_seconds, "batches": batches}
+            for kind, (dataset, judge_kind, (seen, held)) in tests.items():
+                judge_of = judge if judge_kind == "single" else pair_judge
+                for subset, indices in (("seen", seen), ("held", held)):
+                    if indices:
+                        drawn = generate(model, [dataset.caption(i) for i in indices], args.seed)
+                        labels = scene_labels(dataset, indices, judge_kind)
+                        row[f"{kind}_{subset}"] = accuracy(judge_of, drawn, labels)
+                        if kind == "single":  # colour and shape right together: the combination
+                            both = {name: labels[name] for name in ("colour", "shape")}
+                            row[f"{kind}_{subset}"]["combination"] = accuracy(judge, drawn, both)["all"]
+            single_seen = tests["single"][2][0]
+            row["bleu"], row["captions"] = caption_quality(model, test, single_seen, args.bleu_images)
+            row["pair_captions"] = pair_caption_accuracy(model, pairs, tests["pair"][2][0])
+            rows.append(row)
+    if args.out:  # samples of each variant's longest run (its last snapshot is loaded)
+        captions = [test.caption(i) for i in tests["single"][2][0][:8]]
+        for name, model, _ in runs:
+            grid = prompt_grid(model.ema.generate(captions, num_images=6, seed=args.seed), captions, scale=3)
+            grid.save(os.path.join(args.out, f"judged_samples_{name}.png"))
 
     print(f"\nquality_shapes: {torch.get_num_threads()} threads, {os.cpu_count()} cores")
     print(f"judge trained in {judge_seconds:.0f} s; its accuracy on real validation images: "
@@ -192,32 +250,47 @@ def main() -> None:
     print("chance: " + ", ".join(f"{name} {1 / classes:.1%}" for name, classes in ATTRIBUTES.items()))
     print("pair judge on real two-object validation images: "
           + ", ".join(f"{name} {value:.1%}" for name, value in pair_judge_accuracy.items()))  # fmt: skip
-    for budget, train_seconds, batches, generated_accuracy, bleu, caption_accuracy, binding in rows:
-        print(f"\nafter {budget:g} min (trained {train_seconds:.0f} s, {batches} batches):")
+    if args.held_out:
+        print(f"held-out combinations (never in training): {', '.join(args.held_out)}")
+    for row in rows:
+        single, binding = row["single_seen"], row["pair_seen"]
+        print(
+            f"\n{row['variant']}, after {row['budget']:g} min (trained {row['seconds']:.0f} s, {row['batches']} batches):"
+        )
         print(f"{'attribute':<10} {'chance':>7} {'judge on real':>14} {'generated':>10}")
         for name, classes in ATTRIBUTES.items():
-            print(f"{name:<10} {1 / classes:>7.1%} {judge_accuracy[name]:>14.1%} {generated_accuracy[name]:>10.1%}")
-        print(
-            f"captions of {args.bleu_images} validation images: " + ", ".join(f"{k} {v:.3f}" for k, v in bleu.items())
-        )
-        print(f"captions naming the right colour and shape ({args.eval_images} test images): {caption_accuracy:.1%}")
-        print(f"two-object scenes ({args.pair_images} held-out captions), generated with everything right: "
+            print(f"{name:<10} {1 / classes:>7.1%} {judge_accuracy[name]:>14.1%} {single[name]:>10.1%}")
+        print(f"captions of {args.bleu_images} validation images: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in row["bleu"].items()))  # fmt: skip
+        print(f"captions naming the right colour and shape ({len(tests['single'][2][0])} test images): "
+              f"{row['captions']:.1%}")  # fmt: skip
+        print(f"two-object scenes ({len(tests['pair'][2][0])} test captions), generated with everything right: "
               f"{binding['all']:.1%} (judge on real: {pair_judge_accuracy['all']:.1%}); per attribute: "
               + ", ".join(f"{name} {binding[name]:.1%}" for name in PAIR_ATTRIBUTES))  # fmt: skip
-        print(
-            f"captions of real two-object images naming both objects and the relation right: {binding['captions']:.1%}"
-        )
-    if len(rows) > 1:
-        print(f"\n{'minutes':>7} {'batches':>8} " + " ".join(f"{name:>9}" for name in ATTRIBUTES)
-              + f" {'BLEU-4':>7} {'captions':>9} {'pairs':>7} {'pair captions':>13}")  # fmt: skip
-        for budget, _, batches, generated_accuracy, bleu, caption_accuracy, binding in rows:
-            print(f"{budget:>7g} {batches:>8} " + " ".join(f"{generated_accuracy[n]:>9.1%}" for n in ATTRIBUTES)
-                  + f" {bleu['bleu4']:>7.3f} {caption_accuracy:>9.1%} {binding['all']:>7.1%}"
-                  + f" {binding['captions']:>13.1%}")  # fmt: skip
+        print(f"captions of real two-object images naming both objects and the relation right: "
+              f"{row['pair_captions']:.1%}")  # fmt: skip
+        if args.held_out:
+            for kind, score, what in (
+                ("single", "combination", "single objects with colour and shape right"),
+                ("pair", "all", "two-object scenes with everything right"),
+            ):
+                seen, held = row[f"{kind}_seen"][score], row[f"{kind}_held"][score]
+                print(f"{what}: seen combinations {seen:.1%}, scenes with a held-out one {held:.1%}")
+    print(f"\n{'variant':<12} {'minutes':>7} {'batches':>8} " + " ".join(f"{name:>9}" for name in ATTRIBUTES)
+          + f" {'BLEU-4':>7} {'captions':>9} {'pairs':>7} {'pair captions':>13}"
+          + (f" {'held single':>11} {'held pairs':>10}" if args.held_out else ""))  # fmt: skip
+    for row in rows:
+        single = row["single_seen"]
+        print(f"{row['variant']:<12} {row['budget']:>7g} {row['batches']:>8} "
+              + " ".join(f"{single[n]:>9.1%}" for n in ATTRIBUTES)
+              + f" {row['bleu']['bleu4']:>7.3f} {row['captions']:>9.1%} {row['pair_seen']['all']:>7.1%}"
+              + f" {row['pair_captions']:>13.1%}"
+              + (f" {row['single_held']['combination']:>11.1%} {row['pair_held']['all']:>10.1%}" if args.held_out else ""))  # fmt: skip
 
 
-def caption_quality(model, test: ShapesDataset, labels: dict, bleu_images: int) -> tuple[dict[str, float], float]:
-    """Corpus BLEU on validation images, and how often captions of ``test`` images name their colour and shape."""
+def caption_quality(model, test: ShapesDataset, indices: list[int], bleu_images: int) -> tuple[dict[str, float], float]:
+    """Corpus BLEU on validation images, and how often captions of the ``test`` images at ``indices``
+    name their colour and shape."""
     data = model.trainer.datamodule.hparams
     val = ShapesDataset("val", bleu_images, model.hparams.resolution, data.seed, data.two_object_prob)
     images = torch.stack([val.image(i) for i in range(bleu_images)])
@@ -226,8 +299,9 @@ def caption_quality(model, test: ShapesDataset, labels: dict, bleu_images: int) 
         [model.tokenizer.normalize(r) for r in val.references(i, data.num_references)] for i in range(len(val))
     ]
     bleu = corpus_bleu(hypotheses, references)
-    test_images = torch.stack([test.image(i) for i in range(len(test))])
-    captions = [c for i in range(0, len(test), 256) for c in model.ema.caption(test_images[i : i + 256])]
+    test_images = torch.stack([test.image(i) for i in indices])
+    captions = [c for i in range(0, len(indices), 256) for c in model.ema.caption(test_images[i : i + 256])]
+    labels = scene_labels(test, indices)
     named = [named_attributes(c) for c in captions]
     right = [
         n["shape"] == [labels["shape"][i].item()] and n["colour"] == [labels["colour"][i].item()]
@@ -236,18 +310,19 @@ def caption_quality(model, test: ShapesDataset, labels: dict, bleu_images: int) 
     return bleu, sum(right) / len(right)
 
 
-def write_coco(folder: Path, sizes: dict[str, int], resolution: int) -> None:
+def write_coco(folder: Path, sizes: dict[str, int], resolution: int, held_out: list[str]) -> None:
     """The shapes data (the data module's default seed and two-object share) as a COCO captions dataset.
 
     ``sizes`` maps a split ("train", "val") to its image count; each image gets its 5 reference
-    captions, the first being the one the shapes data trains with.
+    captions, the first being the one the shapes data trains with. The training split shows none
+    of the ``held_out`` combinations.
     """
     from PIL import Image
 
     for split, count in sizes.items():
         images_dir, rows, annotations = folder / f"{split}2017", [], []
         images_dir.mkdir(parents=True)
-        dataset = ShapesDataset(split, count, resolution)
+        dataset = ShapesDataset(split, count, resolution, held_out=held_out)
         for i in range(count):
             pixels = ((dataset.image(i) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
             Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(images_dir / f"{i:06d}.png")
@@ -259,11 +334,12 @@ def write_coco(folder: Path, sizes: dict[str, int], resolution: int) -> None:
         (folder / "annotations" / f"captions_{split}2017.json").write_text(json.dumps(captions))
 
 
-def pair_caption_accuracy(model, pairs: ShapesDataset, truth: dict[str, torch.Tensor]) -> float:
-    """How often the captioner's caption of a real two-object image names both objects' colour and
-    shape and their relation right (in either order: "A left of B" and "B right of A" agree)."""
-    images = torch.stack([pairs.image(i) for i in range(len(pairs))])
-    captions = [c for i in range(0, len(pairs), 256) for c in model.ema.caption(images[i : i + 256])]
+def pair_caption_accuracy(model, pairs: ShapesDataset, indices: list[int]) -> float:
+    """How often the captioner's caption of a real two-object image (``pairs`` at ``indices``) names both
+    objects' colour and shape and their relation right (in either order: "A left of B" and "B right of A" agree)."""
+    images = torch.stack([pairs.image(i) for i in indices])
+    truth = scene_labels(pairs, indices, "pair")
+    captions = [c for i in range(0, len(indices), 256) for c in model.ema.caption(images[i : i + 256])]
     right = 0
     for i, caption in enumerate(captions):
         named, where = named_attributes(caption), named_relation(caption)

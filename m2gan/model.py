@@ -72,6 +72,10 @@ class M2GAN(pl.LightningModule):
         swap_weight: Weight of (real image, its caption with one word swapped) among the
             discriminator's fakes; when positive, the swapped caption is also a hard negative of
             both contrastive losses. These negatives make every word matter (``m2gan.negatives``).
+        binding_negative_share: Share of the swapped captions that instead exchange two words of the
+            caption where the batch shows each can stand in the other's place ("a red circle left of
+            a blue square" -> "a blue circle left of a red square"), so the discriminator must check
+            which word goes with which object; needs ``swap_weight`` > 0; 0 = off.
         contrastive_weight_d: Weight of the image-text contrastive loss on real pairs, trained into
             the discriminator and text encoder; 0 turns it off.
         contrastive_weight_g: Weight of the contrastive loss on generated images, trained into the
@@ -136,6 +140,7 @@ class M2GAN(pl.LightningModule):
         adversarial_loss: losses.AdversarialLoss = "hinge",
         mismatch_weight: float = 0.5,
         swap_weight: float = 0.5,
+        binding_negative_share: float = 0.0,
         contrastive_weight_d: float = 1.0,
         contrastive_weight_g: float = 1.0,
         contrastive_temperature: float = 0.1,
@@ -179,6 +184,12 @@ class M2GAN(pl.LightningModule):
         for name, value in (*integers, ("max_bad_steps", max_bad_steps)):
             if value < 1:
                 raise ValueError(f"model.{name} must be at least 1, got {value}")
+        if not 0.0 <= binding_negative_share <= 1.0:
+            raise ValueError(f"model.binding_negative_share must lie in [0, 1], got {binding_negative_share}")
+        if binding_negative_share > 0 and swap_weight <= 0:
+            raise ValueError(
+                "model.binding_negative_share > 0 needs model.swap_weight > 0: binding swaps are swapped captions"
+            )
         if cycle_weight > 0 and caption_weight <= 0:
             raise ValueError(
                 "model.cycle_weight > 0 needs model.caption_weight > 0: an untrained captioner cannot judge"

@@ -7,8 +7,8 @@ One batch gives two losses:
 
 * :meth:`GANObjective.discriminator_loss`, minimised by the discriminator and the text encoder:
   the matching-aware adversarial loss with its negatives — (generated image, caption), (real image,
-  another sample's caption), (real image, its caption with one word swapped), (real image, a caption
-  the captioner sampled) — plus the image–text contrastive loss, the word-region matching loss if
+  another sample's caption), (real image, its caption with one word swapped or, if on, two of its
+  words exchanged), (real image, a caption the captioner sampled) — plus the image–text contrastive loss, the word-region matching loss if
   on, and, on penalty batches, the lazy gradient penalty;
 * :meth:`GANObjective.generator_loss`, minimised by the generator and the captioner: adversarial,
   contrastive (sentence and, if on, word-region) and cycle losses of the generated images, the
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from m2gan import decoding, losses
-from m2gan.negatives import swap_one_word
+from m2gan.negatives import hard_negatives
 from m2gan.networks import Captioner, Discriminator, Generator, TextEncoder
 from m2gan.settings import SettingsGroup
 from m2gan.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS
@@ -50,6 +50,7 @@ class ObjectiveConfig(SettingsGroup):
     adversarial_loss: losses.AdversarialLoss
     mismatch_weight: float
     swap_weight: float
+    binding_negative_share: float
     contrastive_weight_d: float
     contrastive_weight_g: float
     contrastive_temperature: float
@@ -149,7 +150,7 @@ class GANObjective:
                 sampled_tokens = decoding.sample(self.captioner, images, BOS_ID, EOS_ID, PAD_ID, temperature=1.0)
         texts = [tokens]
         if use_swaps:
-            texts.append(swap_one_word(tokens, len(SPECIAL_TOKENS)))
+            texts.append(hard_negatives(tokens, len(SPECIAL_TOKENS), cfg.binding_negative_share))
         if sampled_tokens is not None:
             texts.append(sampled_tokens)
         all_words, sentences = self.text_encoder(torch.cat(texts))  # (B * len(texts), L, W), (B * len(texts), S)

@@ -17,7 +17,19 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 HELPERS = {"timing.py", "plain_loop.py"}  # imported by the scripts, not run
 OWN_PROCESS = {"quality_shapes.py", "sampling_speed.py", "step_breakdown.py"}  # W&B keeps process-wide state
 # Extra arguments that keep the smoke run short where --quick alone still trains for a while.
-EXTRA = {"quality_shapes.py": ["--minutes", "0.1", "--eval-images", "50", "--bleu-images", "32", "--pair-images", "32"]}
+EXTRA = {
+    "quality_shapes.py": [
+        *("--minutes", "0.1", "--eval-images", "50", "--bleu-images", "32", "--pair-images", "32"),
+        *(
+            "--held-out",
+            "purple triangle",
+            "--variant",
+            "plain=",
+            "--variant",
+            "binding=--model.binding_negative_share=1",
+        ),
+    ]
+}
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name not in HELPERS)
 
 

@@ -104,6 +104,8 @@ def test_wrong_tokenizer_is_refused(tiny_model):
         ({"lr_g": -1.0}, "lr_g"),
         ({"n_critic": 0}, "n_critic"),
         ({"caption_weight": 0.0, "cycle_weight": 1.0}, "untrained captioner"),
+        ({"binding_negative_share": 1.5}, "binding_negative_share"),
+        ({"binding_negative_share": 0.5, "swap_weight": 0.0}, "needs model.swap_weight"),
     ],
 )
 def test_bad_hyper_parameters_are_refused(kwargs, message):
@@ -331,3 +333,26 @@ def test_word_region_matching_trains_the_discriminator_head_and_reaches_the_gene
         assert all(0 < float(row[name]) < 10 for row in logged), name
     for name in ("region_projection.weight", "word_projection.weight"):
         assert not torch.equal(before[name], model.discriminator.state_dict()[name]), name
+
+
+def test_binding_negatives_reach_the_discriminator_as_swapped_captions(datamodule):
+    from m2gan.negatives import hard_negatives
+    from m2gan.tokenizer import SPECIAL_TOKENS
+
+    captions = ["a red circle left of a blue square", "a blue circle left of a red square", "a red square"] * 4
+    tokens = datamodule.tokenizer.encode(captions)
+    images = torch.zeros(len(captions), 3, 32, 32)
+    swapped = {}
+    for share in (0.0, 1.0):
+        model = M2GAN(
+            vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, binding_negative_share=share,
+            **TINY_MODEL,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        swapped[share] = model.objective.discriminator_loss(images, tokens, penalty=False).text.swapped_sentence
+        torch.manual_seed(0)
+        expected = hard_negatives(tokens, len(SPECIAL_TOKENS), share)
+        assert torch.allclose(swapped[share], model.text_encoder(expected)[1])
+        if share == 1.0:  # the two-object captions had their colours or nouns exchanged, same words
+            assert all(sorted(expected[i].tolist()) == sorted(tokens[i].tolist()) for i in (0, 1))
+            assert not torch.equal(expected[:2], tokens[:2])

@@ -127,3 +127,24 @@ def test_the_pair_judge_reads_the_same_scene_whichever_object_a_caption_names_fi
     assert named_relation("a big red disc to the left of a tiny blue box") == "left"
     assert named_relation("there is a red circle under a blue square") == "below"
     assert named_relation("a red circle in the top left") is None
+
+
+def test_held_out_combinations_never_appear_in_training_but_do_in_evaluation():
+    held_out = ("purple triangle", "cyan cross")
+    excluded = {(COLOURS.index("purple"), SHAPES.index("triangle")), (COLOURS.index("cyan"), SHAPES.index("cross"))}
+
+    def combinations(dataset):
+        return [(o.colour, o.shape) for i in range(len(dataset)) for o in dataset.scene(i).objects]
+
+    train = combinations(ShapesDataset("train", 2000, two_object_prob=0.5, held_out=held_out))
+    assert not excluded & set(train)
+    assert len(set(train)) == len(COLOURS) * len(SHAPES) - 2  # every other combination is still drawn
+    test = combinations(ShapesDataset("test", 2000, two_object_prob=0.5, held_out=held_out))
+    assert excluded <= set(test)
+    # scenes without a held-out object are unchanged, so a run without held_out is the same data
+    plain, holding = ShapesDataset("train", 300), ShapesDataset("train", 300, held_out=held_out)
+    same = [i for i in range(300) if not {(o.colour, o.shape) for o in plain.scene(i).objects} & excluded]
+    assert len(same) > 250 and all(plain.caption(i) == holding.caption(i) for i in same)
+    assert plain.fingerprint != holding.fingerprint  # caches of training data tell them apart
+    with pytest.raises(ValueError, match="'pink triangle' is not '<colour> <shape>'"):
+        ShapesDataset("val", 10, held_out=["pink triangle"])

@@ -52,6 +52,8 @@ class CaptionDataModule(pl.LightningDataModule):
         val_size: ``shapes``: images in the validation split.
         test_size: ``shapes``: images in the test split.
         two_object_prob: ``shapes``: probability that a scene holds two objects.
+        held_out: ``shapes``: (colour, shape) combinations such as ``"purple triangle"`` that the
+            training split never shows (validation and test do): does the model compose words?
         seed: ``shapes``: dataset seed; the same seed gives the same images and captions.
         augment: Real data: random crop and a random caption per visit for training (evaluation
             splits always use a centre crop and the first caption).
@@ -84,6 +86,7 @@ class CaptionDataModule(pl.LightningDataModule):
         val_size: int = 512,
         test_size: int = 512,
         two_object_prob: float = 0.25,
+        held_out: tuple[str, ...] = (),
         seed: int = 0,
         augment: bool = True,
         flip: bool = False,
@@ -125,7 +128,8 @@ class CaptionDataModule(pl.LightningDataModule):
         if hp.format == "shapes":
             sizes = (("train", hp.train_size), ("val", hp.val_size), ("test", hp.test_size))
             return {
-                split: ShapesDataset(split, size, hp.resolution, hp.seed, hp.two_object_prob) for split, size in sizes
+                split: ShapesDataset(split, size, hp.resolution, hp.seed, hp.two_object_prob, hp.held_out)
+                for split, size in sizes
             }
         if hp.format == "webdataset":
             from m2gan.data.shards import CaptionShards, ShardSamples

@@ -9,6 +9,7 @@ they are what judges a generator trained on it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,21 +126,39 @@ def _rng(seed: int, split: str, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS.index(split), index, stream])
 
 
-def sample_scene(seed: int, split: str, index: int, two_object_prob: float) -> Scene:
-    """Draw the scene of one sample; a pure function of its arguments."""
+def parse_combinations(names: Sequence[str]) -> frozenset[tuple[int, int]]:
+    """(colour, shape) index pairs from names such as ``"purple triangle"``; a clear error for others."""
+    combinations = set()
+    for name in names:
+        words = name.split()
+        if len(words) != 2 or words[0] not in COLOURS or words[1] not in SHAPES:
+            raise ValueError(
+                f"held-out combination {name!r} is not '<colour> <shape>' with a colour of {COLOURS} "
+                f"and a shape of {SHAPES}"
+            )
+        combinations.add((COLOURS.index(words[0]), SHAPES.index(words[1])))
+    return frozenset(combinations)
+
+
+def sample_scene(
+    seed: int, split: str, index: int, two_object_prob: float, excluded: frozenset[tuple[int, int]] = frozenset()
+) -> Scene:
+    """Draw the scene of one sample; a pure function of its arguments.
+
+    An object whose (colour, shape) is ``excluded`` redraws its colour until it is not, so no
+    object of the scene shows an excluded combination (a scene without one draws as if none were).
+    """
     rng = _rng(seed, split, index, 0)
     n = 2 if rng.random() < two_object_prob else 1
     cells = rng.choice(9, size=n, replace=False)
-    objects = tuple(
-        ShapeObject(
-            shape=int(rng.integers(len(SHAPES))),
-            colour=int(rng.integers(len(COLOURS))),
-            size=int(rng.integers(len(SIZES))),
-            row=int(cell) // 3,
-            col=int(cell) % 3,
-        )
-        for cell in cells
-    )
+    objects = []
+    for cell in cells:
+        shape, colour = int(rng.integers(len(SHAPES))), int(rng.integers(len(COLOURS)))
+        while (colour, shape) in excluded:
+            colour = int(rng.integers(len(COLOURS)))
+        size = int(rng.integers(len(SIZES)))
+        objects.append(ShapeObject(shape=shape, colour=colour, size=size, row=int(cell) // 3, col=int(cell) % 3))
+    objects = tuple(objects)
     jitter = tuple((*(rng.uniform(-0.025, 0.025, size=2)), *(rng.uniform(-0.05, 0.05, size=3))) for _ in objects)
     # A dark, weakly saturated background keeps every object colour, white included, readable.
     grey = rng.uniform(0.05, 0.35, size=2)
@@ -266,6 +285,9 @@ class ShapesDataset(Dataset):
         resolution: Image side in pixels.
         seed: Dataset seed.
         two_object_prob: Probability that a scene holds two objects instead of one.
+        held_out: (colour, shape) combinations such as ``"purple triangle"`` that the training
+            split never shows, in any scene or position (its objects redraw their colour); the
+            other splits show them, so a model can be asked for what it never saw.
     """
 
     def __init__(
@@ -275,6 +297,7 @@ class ShapesDataset(Dataset):
         resolution: int = 32,
         seed: int = 0,
         two_object_prob: float = 0.25,
+        held_out: Sequence[str] = (),
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -286,6 +309,8 @@ class ShapesDataset(Dataset):
             raise ValueError(f"two_object_prob must lie in [0, 1], got {two_object_prob}")
         self.split, self.size, self.resolution = split, size, resolution
         self.seed, self.two_object_prob = seed, two_object_prob
+        excluded = parse_combinations(held_out)
+        self._excluded = excluded if split == "train" else frozenset()
 
     def __len__(self) -> int:
         return self.size
@@ -298,7 +323,8 @@ class ShapesDataset(Dataset):
         """
         return (
             f"shapes(split={self.split}, resolution={self.resolution}, seed={self.seed}, "
-            f"two_object_prob={self.two_object_prob})"
+            f"two_object_prob={self.two_object_prob}"
+            + (f", excluded={sorted(self._excluded)})" if self._excluded else ")")
         )
 
     def _check(self, index: int) -> int:
@@ -308,7 +334,7 @@ class ShapesDataset(Dataset):
 
     def scene(self, index: int) -> Scene:
         """The scene (objects, background) of sample ``index``: its ground truth."""
-        return sample_scene(self.seed, self.split, self._check(index), self.two_object_prob)
+        return sample_scene(self.seed, self.split, self._check(index), self.two_object_prob, self._excluded)
 
     def caption(self, index: int) -> str:
         """The caption paired with sample ``index`` in training."""

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -71,14 +72,16 @@ def attribute_labels(scene: Scene) -> dict[str, int]:
     return {"shape": obj.shape, "colour": obj.colour, "size": obj.size, "position": obj.cell}
 
 
-def scene_labels(dataset: ShapesDataset, count: int, kind: JudgeKind = "single") -> dict[str, torch.Tensor]:
-    """Labels (each (count,) long) of the first ``count`` samples of a single-object (or, for
-    ``kind="pair"``, a two-object) ``dataset``."""
+def scene_labels(
+    dataset: ShapesDataset, count: int | Sequence[int], kind: JudgeKind = "single"
+) -> dict[str, torch.Tensor]:
+    """Labels (each (N,) long) of the first ``count`` samples (or of the samples at the indices
+    ``count``) of a single-object (or, for ``kind="pair"``, a two-object) ``dataset``."""
     needed = 0.0 if kind == "single" else 1.0
     if dataset.two_object_prob != needed:
         raise ValueError(f"the {kind} judge needs a dataset with two_object_prob={needed:g}")
     labels_of = attribute_labels if kind == "single" else pair_labels
-    rows = [labels_of(dataset.scene(i)) for i in range(count)]
+    rows = [labels_of(dataset.scene(i)) for i in (range(count) if isinstance(count, int) else count)]
     return {name: torch.tensor([r[name] for r in rows]) for name in judged(kind)}
 
 
