@@ -14,7 +14,8 @@ from m2gan.outputs import image_name, save_images
 class ImageWriter(BasePredictionWriter):
     """Save each predicted image as a PNG and describe it in ``manifest.jsonl``.
 
-    Image ``k`` of prompt ``i`` is ``{i:04d}_{k:02d}.png``; its manifest row holds the prompt and the
+    Image ``k`` of prompt ``i`` is ``{i:04d}_{k:02d}.png`` (more digits when there are more prompts
+    or images, see :func:`~m2gan.outputs.image_name`); its manifest row holds the prompt and the
     seed of its noise. Under several processes each rank writes its own images and
     ``manifest_rank{r}.jsonl``.
 
@@ -35,8 +36,14 @@ class ImageWriter(BasePredictionWriter):
         self, trainer, pl_module, prediction: dict, batch_indices, batch, batch_idx: int, dataloader_idx: int
     ) -> None:
         manifest = "manifest.jsonl" if trainer.world_size == 1 else f"manifest_rank{trainer.global_rank}.jsonl"
+        loaders = trainer.predict_dataloaders
+        rows = (loaders[0] if isinstance(loaders, list) else loaders).dataset  # a PromptDataset
         entries = [
-            {"file": image_name(int(p), int(k)), "prompt": prompt, "seed": int(seed)}
+            {
+                "file": image_name(int(p), int(k), len(rows.prompts), rows.num_images),
+                "prompt": prompt,
+                "seed": int(seed),
+            }
             for p, k, prompt, seed in zip(
                 prediction["prompt_index"], prediction["image_index"], prediction["prompt"], prediction["seed"]
             )

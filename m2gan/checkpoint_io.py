@@ -44,6 +44,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: not a readable checkpoint: the file is empty (0 bytes)")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -52,10 +54,16 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"code ({str(error).splitlines()[0]}). Checkpoints written by M2GAN never need that; share models as "
             "exports instead (m2gan-export CKPT --out DIR: safetensors and JSON, no pickle)"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {error}") from None
+    except Exception as error:  # noqa: BLE001 - torch.load fails on foreign bytes with many error types
+        message = (str(error).splitlines() or [""])[0].split(". ")[0][:160]
+        reason = message if isinstance(error, RuntimeError) and message else f"{type(error).__name__} {message}".strip()
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated, corrupt or another kind of file: {reason})"
+        ) from None
     if not isinstance(checkpoint, dict) or TOKENIZER_KEY not in checkpoint or "hyper_parameters" not in checkpoint:
         raise CheckpointError(f"{Path(path)}: not an M2GAN checkpoint (no model settings or tokenizer in it)")
+    if not isinstance(checkpoint["hyper_parameters"], dict) or not isinstance(checkpoint.get("state_dict", {}), dict):
+        raise CheckpointError(f"{Path(path)}: not an M2GAN checkpoint (its settings or weights are not tables)")
     upgrade_state_dict(checkpoint.setdefault("state_dict", {}))
     return checkpoint
 
@@ -86,17 +94,28 @@ def model_settings(source: str | os.PathLike, hparams: dict, model_class: type) 
 
 
 def valid_settings(source: str | os.PathLike, make: Callable[[], T]) -> T:
-    """``make()``, with its TypeError/ValueError/KeyError (settings the networks refuse) as one CheckpointError."""
+    """``make()``, with the errors of settings or a tokenizer it refuses (TypeError, ValueError,
+    KeyError, AttributeError) as one CheckpointError."""
     try:
         return make()
-    except (TypeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{source}: its model settings are not valid here: {error}") from None
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        raise CheckpointError(f"{source}: its model settings are not valid here: {error!r}") from None
 
 
 def load_weights(
     source: str | os.PathLike, module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str = ""
 ) -> None:
     """Load ``state`` into ``module`` strictly; a mismatch names the weights as ``source`` calls them (``prefix`` + name)."""
+    check_weights(source, module, state, prefix)
+    module.load_state_dict(state)
+
+
+def check_weights(
+    source: str | os.PathLike, module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str = ""
+) -> None:
+    """Raise a :class:`CheckpointError` naming the weights unless ``state`` fits ``module`` exactly."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -113,7 +132,6 @@ def load_weights(
             f"{source}: does not fit this model ({'; '.join(problems)}); it was written by another M2GAN version "
             "or config"
         )
-    module.load_state_dict(state)
 
 
 def _summary(names: list[str], prefix: str, shown: int = 3) -> str:

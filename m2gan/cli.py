@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
-import pickle
+import re
+import shutil
 import sys
 import warnings
 
 import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from torch.utils.data import IterableDataset
 
 from m2gan.checkpoint_io import AtomicCheckpointIO
 from m2gan.loggers import run_dir
@@ -48,6 +51,42 @@ class RunConfigSaver(SaveConfigCallback):
         )
 
 
+FP16_PRECISIONS = {"16", "16-mixed", "16-true"}
+LIGHTNING_CHECKPOINT_NAMES = {"best", "last", "hpc", "registry"}
+STARTED_RUNS: list = []
+"""Trainers of this process's CLI runs, so that a failed run's empty folder and W&B run can be removed."""
+
+
+def fail(message: str, status: int = 1) -> None:
+    """End the command with ``error: message`` on one line and exit ``status`` (2: a configuration error)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def discard_failed_runs() -> None:
+    """Remove what a run that failed before writing anything left behind.
+
+    A run folder holding nothing but its ``config.yaml`` goes, with the run's W&B files if it was
+    offline (an online run is marked failed: W&B keeps its own record). A folder holding anything
+    else (a checkpoint, samples) is kept, and so is its W&B run.
+    """
+    while STARTED_RUNS:
+        trainer = STARTED_RUNS.pop()
+        folder = run_dir(trainer)
+        files = [os.path.join(d, f) for d, _, names in os.walk(folder) for f in names] if os.path.isdir(folder) else []
+        if any(os.path.basename(f) != "config.yaml" for f in files):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        logger = trainer.logger
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            run = logger.experiment
+            offline = run.settings.mode == "offline" or run.offline
+            run_files = os.path.dirname(run.dir)  # wandb/offline-run-…/files -> wandb/offline-run-…
+            run.finish(exit_code=1)
+            if offline:
+                shutil.rmtree(run_files, ignore_errors=True)
+
+
 # Lightning warns that periodic checkpoints under manual optimization hold the weights *after*
 # the batch's optimizer steps; that is exactly what M2GAN's checkpoints should hold.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
@@ -68,6 +107,33 @@ class M2GANCLI(LightningCLI):
             # bf16 autocast where the GPU supports it (no loss scaler needed); full precision elsewhere.
             use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
             trainer["precision"] = "bf16-mixed" if use_bf16 else "32-true"
+        max_time = trainer.get("max_time")
+        if isinstance(max_time, str) and not re.fullmatch(r"\d+:\d\d:\d\d:\d\d", max_time.strip()):
+            fail(
+                f"invalid configuration: trainer.max_time {max_time!r} is not DD:HH:MM:SS (00:00:10:00 is ten minutes)",
+                2,
+            )
+        if str(trainer["precision"]) in FP16_PRECISIONS:
+            # fp16 needs a loss scaler that backs off after an overflow; the divergence guard would
+            # skip those steps first, so the scale would never shrink and training would stop.
+            fail(
+                f"invalid configuration: trainer.precision {trainer['precision']} is not supported (the divergence "
+                "guard and fp16's loss scaler do not mix); use bf16-mixed or 32-true",
+                2,
+            )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI reads --ckpt_path's settings next, with torch.load: refuse a bad file first.
+        config = self.config.get(self.config.get("subcommand") or "", {}) or {}
+        path = config.get("ckpt_path") if hasattr(config, "get") else None
+        if path and os.path.isfile(path):
+            from m2gan.checkpoint_io import CheckpointError, read_checkpoint
+
+            try:
+                read_checkpoint(path)
+            except CheckpointError as error:
+                fail(f"--ckpt_path {error}")
 
     def instantiate_classes(self) -> None:
         # Constructors validate their arguments; a bad value is a config error, not a crash.
@@ -75,11 +141,64 @@ class M2GANCLI(LightningCLI):
             super().instantiate_classes()
             # Checked here, before Lightning launches the processes that would each fail on it.
             self.datamodule.batch_per_process(self.trainer.num_devices * self.trainer.num_nodes)
-        except ValueError as error:
-            print(f"error: invalid configuration: {error}", file=sys.stderr)
-            sys.exit(2)
+        except (ValueError, MisconfigurationException) as error:
+            fail(f"invalid configuration: {error}", 2)
 
     def before_fit(self) -> None:
+        self.resolve_last_checkpoint()
+        self.check_checkpoint()
+        self.check_training_data()
+
+    def before_validate(self) -> None:
+        self.check_checkpoint()
+
+    before_test = before_predict = before_validate
+
+    def after_fit(self) -> None:
+        if self.trainer.global_step == 0 and not self.trainer.interrupted:
+            fail("training ran no batch: the data held nothing to train on")
+
+    def check_checkpoint(self) -> None:
+        """Refuse ``--ckpt_path`` before any work when it is unreadable or does not fit the model and data."""
+        path = self.config_init[self.subcommand].get("ckpt_path")
+        if path is None or path in LIGHTNING_CHECKPOINT_NAMES:
+            return
+        from m2gan.checkpoint_io import CheckpointError
+
+        try:
+            self.model.check_checkpoint(path, getattr(self.datamodule, "tokenizer", None))
+        except (CheckpointError, FileNotFoundError) as error:
+            fail(f"--ckpt_path {error}")
+
+    def check_training_data(self) -> None:
+        """Refuse data that gives no training batch; fit ``val_check_interval`` to a short epoch.
+
+        The default config validates every 1,000 batches; Lightning refuses an interval longer than
+        the epoch, which a smaller dataset has, and only after minutes of setup.
+        """
+        datamodule, trainer = self.datamodule, self.trainer
+        train = datamodule.datasets["train"]
+        if isinstance(train, IterableDataset):  # streamed shards: no length to check
+            return
+        batch_size = datamodule.hparams.batch_size
+        batches = len(train) // batch_size
+        if batches == 0:
+            fail(
+                f"data: the training split holds {len(train)} images, fewer than one batch of data.batch_size "
+                f"{batch_size}: nothing would be trained; lower data.batch_size or add images"
+            )
+        limit = trainer.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else max(1, int(batches * limit))
+        interval = trainer.val_check_interval
+        if isinstance(interval, int) and interval > batches and trainer.check_val_every_n_epoch is not None:
+            print(
+                f"note: trainer.val_check_interval {interval} is longer than an epoch ({batches} batches): "
+                "validating at the end of every epoch instead",
+                file=sys.stderr,
+            )
+            trainer.val_check_interval = 1.0
+
+    def resolve_last_checkpoint(self) -> None:
         """Resolve ``--ckpt_path last`` to the newest ``last.ckpt`` of any run in the same project folder.
 
         Each run writes into its own folder (``runs/<project>/<run id>``), so Lightning's own "last"
@@ -95,13 +214,13 @@ class M2GANCLI(LightningCLI):
         ]
         existing = [path for path in candidates if os.path.isfile(path)]
         if not existing:
-            print(f"error: --ckpt_path last: no run under {project} has a last.ckpt to resume", file=sys.stderr)
-            sys.exit(1)
+            fail(f"--ckpt_path last: no run under {project} has a last.ckpt to resume")
         config["ckpt_path"] = max(existing, key=os.path.getmtime)
         print(f"resuming from {config['ckpt_path']}", file=sys.stderr)
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
+        STARTED_RUNS.append(trainer)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         logger = trainer.logger
@@ -127,31 +246,21 @@ def main(default_config: str, args: list[str] | None = None) -> M2GANCLI | None:
     from m2gan.model import M2GAN, CheckpointMismatch, DivergenceError
 
     defaults = {"default_config_files": [default_config]}
+    STARTED_RUNS.clear()
     try:
-        return M2GANCLI(
-            M2GAN,
-            CaptionDataModule,
-            save_config_callback=RunConfigSaver,
-            parser_kwargs={sub: defaults for sub in ("fit", "validate", "test", "predict")},
-            args=args,
-        )
-    except FileNotFoundError as error:  # e.g. --ckpt_path to a file that is not there
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    except pickle.UnpicklingError as error:  # weights_only loading met objects it will not rebuild
-        first_line = str(error).splitlines()[0]
-        print(f"error: refused to load the checkpoint: it needs arbitrary unpickling ({first_line})", file=sys.stderr)
-        sys.exit(1)
-    except (CheckpointMismatch, DivergenceError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    except RuntimeError as error:
-        if "Error(s) in loading state_dict" not in str(error):
+        try:
+            cli = M2GANCLI(
+                M2GAN,
+                CaptionDataModule,
+                save_config_callback=RunConfigSaver,
+                parser_kwargs={sub: defaults for sub in ("fit", "validate", "test", "predict")},
+                args=args,
+            )
+        except BaseException as error:
+            if not (isinstance(error, SystemExit) and error.code in (0, None)):
+                discard_failed_runs()
             raise
-        first_line = str(error).splitlines()[0]
-        print(
-            "error: the checkpoint does not fit the configured model; it was trained with another config: pass "
-            f"that run's config.yaml with --config ({first_line})",
-            file=sys.stderr,
-        )
-        sys.exit(1)
+        STARTED_RUNS.clear()
+        return cli
+    except (FileNotFoundError, CheckpointMismatch, DivergenceError) as error:
+        fail(str(error))

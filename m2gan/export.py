@@ -76,7 +76,8 @@ def load_checkpoint(
         for name, value in checkpoint["state_dict"].items()
         if name.startswith(prefix) and name[len(prefix) :].split(".", 1)[0] in EXPORTED_MODULES
     }
-    pipeline = _build(path, config, CaptionTokenizer.from_json(checkpoint[TOKENIZER_KEY]))
+    tokenizer = valid_settings(path, lambda: CaptionTokenizer.from_json(checkpoint[TOKENIZER_KEY]))
+    pipeline = _build(path, config, tokenizer)
     load_weights(path, pipeline, state, prefix)
     return pipeline.to(map_location).eval()
 
@@ -114,28 +115,37 @@ def load_export(directory: str | os.PathLike, map_location: str | torch.device =
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{config_path}: not valid JSON: {error}") from None
-    if config.get("format") != EXPORT_FORMAT:
-        raise CheckpointError(f"{config_path}: not an M2GAN export (format {config.get('format')!r})")
+    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
+        shown = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise CheckpointError(f"{config_path}: not an M2GAN export (format {shown!r})")
     version = config.get("version", 0)
-    if version > EXPORT_VERSION:
+    if not isinstance(version, int) or version > EXPORT_VERSION:
         raise CheckpointError(
-            f"{directory}: export version {version} is newer than this M2GAN reads ({EXPORT_VERSION})"
+            f"{directory}: export version {version!r} is not one this M2GAN reads (1 to {EXPORT_VERSION})"
         )
     try:
         tensors = load_file(weights_path)
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
         raise CheckpointError(f"{weights_path}: not a readable safetensors file: {error}") from None
     if version < 2:
-        sizes = _pipeline_config(directory, config["hparams"])
+        sizes = valid_settings(config_path, lambda: _pipeline_config(directory, config["hparams"]))
         tensors = {_v1_name(name): value for name, value in tensors.items()}
     else:
-        unknown = sorted(set(config["pipeline"]) - set(PipelineConfig.__dataclass_fields__))
-        if unknown:
-            raise CheckpointError(f"{config_path}: written by a newer or different M2GAN: unknown settings {unknown}")
-        sizes = valid_settings(directory, lambda: PipelineConfig(**config["pipeline"]))
-    pipeline = _build(directory, sizes, CaptionTokenizer.from_json(config["tokenizer"]))
+        sizes = valid_settings(config_path, lambda: _export_sizes(config_path, config["pipeline"]))
+    tokenizer = valid_settings(config_path, lambda: CaptionTokenizer.from_json(config["tokenizer"]))
+    pipeline = _build(directory, sizes, tokenizer)
     load_weights(directory, pipeline, tensors, prefix="")
     return pipeline.to(map_location).eval()
+
+
+def _export_sizes(config_path: Path, sizes: dict) -> PipelineConfig:
+    """The pipeline sizes of a format-2 export's ``config.json``."""
+    if not isinstance(sizes, dict):
+        raise CheckpointError(f"{config_path}: not an M2GAN export (\"pipeline\" is not a table of settings)")
+    unknown = sorted(set(sizes) - set(PipelineConfig.__dataclass_fields__))
+    if unknown:
+        raise CheckpointError(f"{config_path}: written by a newer or different M2GAN: unknown settings {unknown}")
+    return PipelineConfig(**sizes)
 
 
 def _v1_name(name: str) -> str:

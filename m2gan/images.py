@@ -145,6 +145,8 @@ def prepare_images(images: torch.Tensor | Sequence[ImageInput] | ImageInput, res
     if min(images.shape[-2:]) < MIN_SIDE:
         raise ValueError(f"images are {images.shape[-1]}x{images.shape[-2]} pixels; each side needs {MIN_SIDE}")
     images = images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
+    if not torch.isfinite(images).all():
+        raise ValueError("images hold NaN or infinite values")
     height, width = images.shape[-2:]
     if height != width:  # centre-crop to a square, as for files
         side = min(height, width)

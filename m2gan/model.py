@@ -26,6 +26,7 @@ from m2gan.checkpoint_io import (
     RNG_KEY,
     TOKENIZER_KEY,
     CheckpointError,
+    check_weights,
     load_weights,
     model_settings,
     read_checkpoint,
@@ -266,21 +267,46 @@ class M2GAN(pl.LightningModule):
         # Restored right before the next training batch, not now: Lightning draws from the global
         # RNG while it rebuilds the data loaders, which the uninterrupted run did at epoch start.
         self._rng_to_restore = checkpoint.get(RNG_KEY)
+        self.set_tokenizer(self._checkpoint_tokenizer(checkpoint, self.tokenizer))
+
+    def _checkpoint_tokenizer(self, checkpoint: dict, expected: CaptionTokenizer | None) -> CaptionTokenizer:
+        """The checkpoint's tokenizer, if it equals ``expected`` (when given) and fits this model."""
         if TOKENIZER_KEY not in checkpoint:
             raise CheckpointMismatch("checkpoint holds no tokenizer: it was not written by M2GAN")
         try:
             saved = CaptionTokenizer.from_json(checkpoint[TOKENIZER_KEY])
-        except Exception as error:  # noqa: BLE001 - json and tokenizers raise their own types
+        except ValueError as error:
             raise CheckpointMismatch(f"the checkpoint's tokenizer is unreadable: {error}") from None
-        if self.tokenizer is not None and saved != self.tokenizer:
+        if expected is not None and saved != expected:
             raise CheckpointMismatch(
                 "the checkpoint's tokenizer differs from the data module's: it was trained on other data or "
                 "another data config (max_length, vocabulary); resume it with the config it was trained with"
             )
-        try:
-            self.set_tokenizer(saved)
-        except ValueError as error:
-            raise CheckpointMismatch(f"{error}: the checkpoint was trained with another config") from None
+        cfg = self.ema.config
+        if saved.vocab_size != cfg.vocab_size or saved.max_length != cfg.max_length:
+            raise CheckpointMismatch(
+                f"its tokenizer (vocab_size={saved.vocab_size}, max_length={saved.max_length}) does not fit this "
+                f"model (vocab_size={cfg.vocab_size}, max_length={cfg.max_length}): it was trained with another config"
+            )
+        return saved
+
+    def check_checkpoint(self, path: str | os.PathLike, tokenizer: CaptionTokenizer | None = None) -> None:
+        """Check, without loading it, that the checkpoint at ``path`` can resume or evaluate this module.
+
+        It must be readable, hold weights of this module's names and shapes, and a tokenizer equal
+        to ``tokenizer`` (the data's, when given).
+
+        Raises:
+            FileNotFoundError: nothing at ``path``.
+            CheckpointError: what does not fit, naming ``path`` and the weights.
+        """
+        checkpoint = read_checkpoint(path)
+        try:  # the tokenizer first: when the data differs, that is the clearer reason
+            self._checkpoint_tokenizer(checkpoint, tokenizer)
+        except CheckpointMismatch as error:
+            raise CheckpointError(f"{path}: {error}") from None
+        self.upgrade_state_dict(checkpoint["state_dict"])
+        check_weights(path, self, checkpoint["state_dict"])
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> M2GAN:

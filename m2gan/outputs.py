@@ -22,24 +22,34 @@ def save_images(folder: str | os.PathLike, images: torch.Tensor, entries: Sequen
             file.write(json.dumps(entry) + "\n")
 
 
-def image_name(prompt_index: int, image_index: int) -> str:
-    """File name of image ``image_index`` of prompt ``prompt_index``."""
-    return f"{prompt_index:04d}_{image_index:02d}.png"
+def image_name(prompt_index: int, image_index: int, num_prompts: int = 1, num_images: int = 1) -> str:
+    """File name of image ``image_index`` of prompt ``prompt_index``: ``0007_03.png``.
+
+    Numbers are padded to at least 4 and 2 digits, and to the digits of ``num_prompts - 1`` and
+    ``num_images - 1``, so the names of one run sort in row order.
+    """
+    prompt_digits, image_digits = max(4, len(str(num_prompts - 1))), max(2, len(str(num_images - 1)))
+    return f"{prompt_index:0{prompt_digits}d}_{image_index:0{image_digits}d}.png"
 
 
 def write_images(
-    folder: Path, images: torch.Tensor, prompts: Sequence[str], num_images: int, seed: int, truncation: float | None
+    folder: Path,
+    images: torch.Tensor,
+    first_row: int,
+    prompts: Sequence[str],
+    num_images: int,
+    seed: int,
+    truncation: float | None,
 ) -> list[dict]:
-    """Save ``generate``'s output as one PNG per image plus ``manifest.jsonl``; return the manifest rows.
+    """Save rows ``first_row …`` of ``generate``'s output as PNGs and append them to ``manifest.jsonl``.
 
     Each manifest row names the file, the prompt, the seed and ``noise_index``, the row of the
     call's noise the image was drawn from.
     """
     entries = []
-    for row in range(images.shape[0]):
+    for row in range(first_row, first_row + images.shape[0]):
         i, k = divmod(row, num_images)
-        entries.append(
-            {"file": image_name(i, k), "prompt": prompts[i], "seed": seed, "noise_index": row, "truncation": truncation}
-        )
+        name = image_name(i, k, len(prompts), num_images)
+        entries.append({"file": name, "prompt": prompts[i], "seed": seed, "noise_index": row, "truncation": truncation})
     save_images(folder, images, entries, "manifest.jsonl")
     return entries

@@ -8,8 +8,10 @@ state, and knows nothing of Lightning.
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -84,6 +86,28 @@ class PipelineConfig(SettingsGroup):
         return network.to(memory_format=torch.channels_last) if self.channels_last else network
 
 
+MAX_SEED = 2**63 - 1
+
+
+def whole_number(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
+    """``value`` as an int if it is a whole number (not a bool) in [minimum, maximum]; else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and at most {maximum}" if maximum is not None else ""
+        raise ValueError(f"{name} must be at least {minimum}{upper}, got {value}")
+    return int(value)
+
+
+def finite_number(name: str, value: object, positive: bool = False) -> float:
+    """``value`` as a float if it is a finite real number (and positive if asked); else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return float(value)
+
+
 class SamplingPipeline(nn.Module):
     """Text → image and image → text with one set of networks (an ``M2GAN``'s EMA copies, usually).
 
@@ -149,8 +173,7 @@ class SamplingPipeline(nn.Module):
         if truncation is None:
             z = torch.randn(batch_size, noise_dim, generator=generator)
         else:
-            if truncation <= 0:
-                raise ValueError(f"truncation must be positive, got {truncation}")
+            truncation = finite_number("truncation", truncation, positive=True)
             # Inverse-CDF sampling of the truncated normal: exact, one draw, reproducible with a seed.
             edge = torch.special.ndtr(torch.tensor(-float(truncation), dtype=torch.float64))
             u = torch.rand(batch_size, noise_dim, generator=generator, dtype=torch.float64)
@@ -169,7 +192,9 @@ class SamplingPipeline(nn.Module):
         if not prompts:
             raise ValueError("no prompts given")
         for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, str) or not prompt.strip():
+            if not isinstance(prompt, str):
+                raise ValueError(f"prompt {i} is not a string but {type(prompt).__name__}: {prompt!r}")
+            if not prompt.strip():
                 raise ValueError(f"prompt {i} is empty: every prompt needs at least one word")
         tokenizer = self._require_tokenizer()
         tokens = tokenizer.encode(prompts)
@@ -179,7 +204,6 @@ class SamplingPipeline(nn.Module):
         used = (tokens != PAD_ID).any(dim=0).nonzero()
         return tokens[:, : int(used.max()) + 1]
 
-    @torch.inference_mode()
     def generate(
         self,
         prompts: Sequence[str],
@@ -193,8 +217,8 @@ class SamplingPipeline(nn.Module):
         Args:
             prompts: Captions to draw; none may be empty.
             num_images: Images per prompt.
-            seed: Noise seed. All noise of a call is drawn at once on the CPU, so the same seed
-                gives the same images for any ``batch_size`` (on the same device).
+            seed: Noise seed (0 to 2**63 - 1). All noise of a call is drawn at once on the CPU, so
+                the same seed gives the same images for any ``batch_size`` (on the same device).
             truncation: Truncation trick (BigGAN, DF-GAN): noise drawn from a normal truncated to
                 ``[-truncation, truncation]`` — lower values trade variety for fidelity; None = off.
             batch_size: Images per forward pass; None = all at once.
@@ -203,16 +227,37 @@ class SamplingPipeline(nn.Module):
             uint8 tensor (len(prompts) * num_images, 3, H, W) on the CPU, the images of prompt ``i``
             at rows ``i * num_images … (i + 1) * num_images - 1``.
         """
-        tokens = self.encode_prompts(prompts)
-        if num_images < 1:
-            raise ValueError(f"num_images must be at least 1, got {num_images}")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        tokens = tokens.to(self.device)
-        words, sentence = self.text_encoder(tokens)
-        text = [t.repeat_interleave(num_images, dim=0) for t in (sentence, words, tokens == PAD_ID)]  # N rows
-        z = self.noise(text[0].shape[0], torch.Generator().manual_seed(seed), truncation)
-        return self.draw(z, *text, batch_size=batch_size)
+        chunks = list(self.generate_chunks(prompts, num_images, seed, truncation, batch_size))
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+    def generate_chunks(
+        self,
+        prompts: Sequence[str],
+        num_images: int = 1,
+        seed: int = 0,
+        truncation: float | None = None,
+        batch_size: int | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """:meth:`generate`'s images, ``batch_size`` rows at a time and in row order, so that a caller
+        can write them out as they come instead of holding them all; the arguments are checked
+        before the first chunk is drawn."""
+        tokens = self.encode_prompts(prompts)  # (P, L)
+        num_images = whole_number("num_images", num_images, 1)
+        seed = whole_number("seed", seed, 0, MAX_SEED)
+        rows = tokens.shape[0] * num_images
+        step = rows if batch_size is None else whole_number("batch_size", batch_size, 1)
+        z = self.noise(rows, torch.Generator().manual_seed(seed), truncation)  # (N, noise_dim): one draw for all
+        return self._draw_chunks(tokens.to(self.device), z, num_images, step)
+
+    @torch.inference_mode()
+    def _draw_chunks(self, tokens: torch.Tensor, z: torch.Tensor, num_images: int, step: int) -> Iterator[torch.Tensor]:
+        for start in range(0, z.shape[0], step):
+            stop = min(start + step, z.shape[0])
+            first, last = start // num_images, (stop - 1) // num_images  # the prompts of rows start … stop - 1
+            chunk_tokens = tokens[first : last + 1]
+            words, sentence = self.text_encoder(chunk_tokens)  # (p, L, W), (p, S)
+            prompt = torch.arange(start, stop, device=tokens.device) // num_images - first  # each row's prompt
+            yield self.draw(z[start:stop], sentence[prompt], words[prompt], (chunk_tokens == PAD_ID)[prompt])
 
     @torch.inference_mode()
     def generate_rows(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
@@ -265,6 +310,13 @@ class SamplingPipeline(nn.Module):
             One caption per image.
         """
         tokenizer = self._require_tokenizer()
+        num_beams, seed = whole_number("num_beams", num_beams, 1), whole_number("seed", seed, 0, MAX_SEED)
+        temperature, length_penalty = (
+            finite_number("temperature", temperature),
+            finite_number("length_penalty", length_penalty),
+        )
+        if temperature < 0:
+            raise ValueError(f"temperature must be 0 (greedy) or positive, got {temperature}")
         if num_beams > 1 and temperature > 0:
             raise ValueError("choose beam search (num_beams > 1) or sampling (temperature > 0), not both")
         pixels = prepare_images(images, self.resolution).to(self.device)

@@ -14,7 +14,7 @@ def read_prompts(path: str | os.PathLike) -> tuple[list[str], int]:
         The prompts (stripped of surrounding whitespace) and the number of blank lines skipped.
 
     Raises:
-        ValueError: the file is missing, is not UTF-8, or holds no prompt; the message names it.
+        ValueError: the file is missing, unreadable, not UTF-8, or holds no prompt; the message names it.
     """
     try:
         with open(path, encoding="utf-8") as file:
@@ -23,6 +23,8 @@ def read_prompts(path: str | os.PathLike) -> tuple[list[str], int]:
         raise ValueError(f"{path}: no such prompt file") from None
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:  # a folder, no permission, an I/O error
+        raise ValueError(f"{path}: cannot read the prompt file ({error.strerror or error})") from None
     prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise ValueError(f"{path}: holds no prompt (only blank lines)")

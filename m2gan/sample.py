@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -62,10 +63,16 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+MAX_GRID_IMAGES = 1024  # a grid image of more would be too large to view
+
+
 def run_generate(args: argparse.Namespace, model) -> str:
+    from tqdm import tqdm
+
     from m2gan.atomic import staged_folder
     from m2gan.grid import prompt_grid
     from m2gan.outputs import write_images
+    from m2gan.pipeline import MAX_SEED, finite_number, whole_number
     from m2gan.prompts import read_prompts
 
     prompts, skipped = list(args.prompt), 0
@@ -77,17 +84,30 @@ def run_generate(args: argparse.Namespace, model) -> str:
         prompts += from_file
     if not prompts:
         raise ValueError("no prompts: give --prompt and/or --prompts-file")
-    if args.num_images < 1:
-        raise ValueError(f"--num-images must be at least 1, got {args.num_images}")
-    with staged_folder(args.out) as folder:
-        images = model.generate(
-            prompts, args.num_images, args.seed, truncation=args.truncation, batch_size=args.batch_size
-        )
-        write_images(folder, images, prompts, args.num_images, args.seed, args.truncation)
+    whole_number("--num-images", args.num_images, 1)
+    whole_number("--seed", args.seed, 0, MAX_SEED)
+    if args.truncation is not None:
+        finite_number("--truncation", args.truncation, positive=True)
+    total = len(prompts) * args.num_images
+    if args.grid and total > MAX_GRID_IMAGES:
+        raise ValueError(f"--grid: {total} images are too many for one grid image (at most {MAX_GRID_IMAGES})")
+    chunks = model.generate_chunks(prompts, args.num_images, args.seed, args.truncation, args.batch_size)
+    kept = []
+    with staged_folder(args.out) as folder, tqdm(total=total, unit="img", disable=total <= args.batch_size) as bar:
+        row = 0
+        for images in chunks:  # written as they come: memory holds one batch, not the whole job
+            try:
+                write_images(folder, images, row, prompts, args.num_images, args.seed, args.truncation)
+            except OSError as error:
+                raise ValueError(f"{args.out}: cannot write the images ({error.strerror or error})") from None
+            kept += [images] if args.grid else []
+            row += images.shape[0]
+            bar.update(images.shape[0])
         if args.grid:
+            images = torch.cat(kept)
             prompt_grid(images, prompts, scale=max(1, 128 // images.shape[-1])).save(folder / "grid.png")
     note = f" ({skipped} blank lines skipped)" if skipped else ""
-    return f"wrote {images.shape[0]} images for {len(prompts)} prompts{note} to {args.out}"
+    return f"wrote {total} images for {len(prompts)} prompts{note} to {args.out}"
 
 
 def image_files(inputs: list[str]) -> list[Path]:
@@ -124,6 +144,8 @@ def run_caption(args: argparse.Namespace, model) -> str:
     from m2gan.atomic import atomic_path
 
     out = Path(args.out)
+    if out.exists() or out.is_symlink():
+        raise ValueError(f"--out {out}: exists; M2GAN never replaces a file: choose another name")
     try:
         with atomic_path(out) as partial:
             partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -136,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``m2gan-sample``; returns the exit status."""
     args = build_parser().parse_args(argv)
     from m2gan.export import load
+
+    # SIGTERM unwinds like Ctrl-C, so the staged output folder is removed instead of left behind.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     with warnings.catch_warnings():
         # Warnings (unknown words, truncated prompts) are shown as one line each, without source lines.
@@ -153,6 +178,12 @@ def _run(args: argparse.Namespace, load) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"m2gan-sample: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # any other file the run could not read or write
+        print(f"m2gan-sample: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("m2gan-sample: interrupted; no output was written", file=sys.stderr)
+        return 130
     print(summary, file=sys.stderr)
     return 0
 

@@ -60,9 +60,16 @@ class CaptionTokenizer:
 
     @classmethod
     def from_json(cls, text: str) -> CaptionTokenizer:
-        """Inverse of :meth:`to_json`."""
-        data = json.loads(text)
-        return cls(Tokenizer.from_str(data["tokenizer"]), int(data["max_length"]))
+        """Inverse of :meth:`to_json`.
+
+        Raises:
+            ValueError: ``text`` is not a tokenizer written by :meth:`to_json`.
+        """
+        try:
+            data = json.loads(text)
+            return cls(Tokenizer.from_str(data["tokenizer"]), int(data["max_length"]))
+        except Exception as error:  # noqa: BLE001 - `tokenizers` raises plain Exception on bad input
+            raise ValueError(f"not a tokenizer written by M2GAN ({type(error).__name__}: {error})") from None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CaptionTokenizer) and self.to_json() == other.to_json()

@@ -40,3 +40,21 @@ def tiny_model(datamodule) -> M2GAN:
     model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
     model.set_tokenizer(datamodule.tokenizer)
     return model
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> str:
+    """A checkpoint of a tiny model trained for two batches, to sample from (not to be modified)."""
+    import pytorch_lightning as pl
+
+    torch.manual_seed(0)
+    datamodule = CaptionDataModule(batch_size=8, train_size=16, val_size=8, test_size=8, tokenizer_fit_size=300)
+    model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
+    trainer = pl.Trainer(
+        max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, datamodule)
+    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
+    trainer.save_checkpoint(path)
+    return str(path)

@@ -7,32 +7,12 @@ import os
 import pickle
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 
 import m2gan
 from m2gan import export as export_module
 from m2gan import sample
-from m2gan.model import M2GAN
-from tests.conftest import TINY_MODEL
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    from m2gan.data import CaptionDataModule
-
-    torch.manual_seed(0)
-    datamodule = CaptionDataModule(batch_size=8, train_size=16, val_size=8, test_size=8, tokenizer_fit_size=300)
-    model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
-    trainer = pl.Trainer(
-        max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False,
-    )  # fmt: skip
-    trainer.fit(model, datamodule)
-    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
-    trainer.save_checkpoint(path)
-    return str(path)
 
 
 def run(argv, capsys) -> tuple[int, str, str]:

@@ -106,6 +106,8 @@ class CaptionDataModule(pl.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be positive, got {batch_size}")
+        if resolution < 8:
+            raise ValueError(f"data.resolution must be at least 8 pixels, got {resolution}")
         if num_references < 1:
             raise ValueError(f"data.num_references must be at least 1, got {num_references}")
         if num_workers < 0:

@@ -51,13 +51,19 @@ def coco_records(root: str | os.PathLike, problems: Problems) -> dict[str, list[
             data = json.loads(annotations.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"{annotations}: not a COCO captions file ({error})") from None
-        files = {image["id"]: image["file_name"] for image in data.get("images", [])}
-        captions: dict[int, list[str]] = defaultdict(list)
-        for annotation in data.get("annotations", []):
-            if annotation.get("image_id") not in files:
-                problems.add("captions without an image", f"{annotations.name}: annotation {annotation.get('id')}")
-                continue
-            captions[annotation["image_id"]].append(annotation.get("caption", ""))
+        try:
+            files = {image["id"]: image["file_name"] for image in data.get("images", [])}
+            captions: dict[int, list[str]] = defaultdict(list)
+            for annotation in data.get("annotations", []):
+                if annotation.get("image_id") not in files:
+                    problems.add("captions without an image", f"{annotations.name}: annotation {annotation.get('id')}")
+                    continue
+                captions[annotation["image_id"]].append(annotation.get("caption", ""))
+        except (AttributeError, KeyError, TypeError) as error:
+            raise ValueError(
+                f'{annotations}: not a COCO captions file: expected an object with "images" (each with "id" and '
+                f'"file_name") and "annotations" (each with "image_id" and "caption"); {type(error).__name__}: {error}'
+            ) from None
         records = []
         for image_id, file_name in sorted(files.items()):
             path = images_dir / file_name
