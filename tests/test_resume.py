@@ -2,38 +2,41 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 
+from callbacks import FinalCheckpoint
 from m2gan.data import CaptionDataModule
 from m2gan.model import M2GAN
 from tests.conftest import TINY_MODEL
 
+SHAPES = {"batch_size": 8, "train_size": 64, "val_size": 16, "test_size": 16, "tokenizer_fit_size": 300}
 
-def _run(tmp_path, max_steps: int = -1, ckpt_path: str | None = None, save_every: int | None = None):
+
+def _run(tmp_path, max_steps=-1, ckpt_path=None, save_every=None, data=SHAPES, final_checkpoint=False):
     pl.seed_everything(0, workers=True)
-    data = CaptionDataModule(batch_size=8, train_size=64, val_size=16, test_size=16, tokenizer_fit_size=300)
+    data = CaptionDataModule(**data)
     model = M2GAN(vocab_size=data.vocab_size, max_length=data.max_length, **TINY_MODEL)
     model.set_tokenizer(data.tokenizer)
     callbacks = []
     if save_every:
         callbacks.append(pl.callbacks.ModelCheckpoint(tmp_path, every_n_train_steps=save_every, save_top_k=-1))
+    if final_checkpoint:
+        callbacks.append(FinalCheckpoint(tmp_path, save_last=True, save_top_k=0))
     trainer = pl.Trainer(
         default_root_dir=tmp_path, max_epochs=2, max_steps=max_steps, limit_val_batches=0, logger=False,
         callbacks=callbacks, deterministic=True, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=bool(save_every),
+        enable_checkpointing=bool(callbacks),
     )  # fmt: skip
     trainer.fit(model, data, ckpt_path=ckpt_path)
     return model, trainer
 
 
-def test_resume_mid_epoch_is_bit_exact(tmp_path):
-    straight, straight_trainer = _run(tmp_path / "straight")  # 2 epochs of 8 batches
-    # Interrupted after 3 batches (6 optimizer steps) of the first epoch, then resumed.
-    _run(tmp_path / "first", max_steps=6, save_every=6)
-    (checkpoint,) = (tmp_path / "first").glob("*step=6.ckpt")
-    resumed, resumed_trainer = _run(tmp_path / "second", ckpt_path=str(checkpoint))
-
+def _same_training(resumed, resumed_trainer, straight, straight_trainer) -> None:
     assert resumed_trainer.global_step == straight_trainer.global_step == 32
     for name, value in straight.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name  # generator, discriminator, EMA, counters
@@ -41,3 +44,50 @@ def test_resume_mid_epoch_is_bit_exact(tmp_path):
         for p_mine, p_theirs in zip(mine.state.values(), theirs.state.values()):
             for key in p_theirs:
                 assert torch.equal(p_mine[key], p_theirs[key]), key
+
+
+def _coco(folder) -> dict:
+    """64 training and 8 validation images of varied sizes and colours as a COCO-format dataset, 2 captions each."""
+    generator = torch.Generator().manual_seed(0)
+    (folder / "annotations").mkdir(parents=True)
+    for split, count in (("train", 64), ("val", 8)):
+        (folder / f"{split}2017").mkdir()
+        images, annotations = [], []
+        for i in range(count):
+            width, height = (int(v) for v in torch.randint(36, 60, (2,), generator=generator))
+            pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+            Image.fromarray(pixels.numpy()).save(folder / f"{split}2017" / f"{i}.png")
+            images.append({"id": i, "file_name": f"{i}.png"})
+            for k, words in enumerate(("a red circle on the left", f"a picture number {i % 7}")):
+                annotations.append({"id": 2 * i + k, "image_id": i, "caption": words})
+        (folder / "annotations" / f"captions_{split}2017.json").write_text(
+            json.dumps({"images": images, "annotations": annotations})
+        )
+    return {"format": "coco", "root": str(folder), "batch_size": 8, "augment": True, "flip": True}
+
+
+@pytest.mark.parametrize("data", ["shapes", "augmented coco"])
+def test_resume_mid_epoch_is_bit_exact(tmp_path, data):
+    data = SHAPES if data == "shapes" else _coco(tmp_path / "coco")
+    straight, straight_trainer = _run(tmp_path / "straight", data=data)  # 2 epochs of 8 batches
+    # Interrupted after 3 batches (6 optimizer steps) of the first epoch, then resumed.
+    _run(tmp_path / "first", max_steps=6, save_every=6, data=data)
+    (checkpoint,) = (tmp_path / "first").glob("*step=6.ckpt")
+    resumed, resumed_trainer = _run(tmp_path / "second", ckpt_path=str(checkpoint), data=data)
+    _same_training(resumed, resumed_trainer, straight, straight_trainer)
+
+
+def test_augmentation_is_a_function_of_the_visit(tmp_path):
+    datamodule = CaptionDataModule(**_coco(tmp_path / "coco"))
+    train = datamodule.datasets["train"]
+    first, again, second = train[5], train[5], train[64 + 5]  # visit 0 twice, then visit 1 of image 5
+    assert torch.equal(first["image"], again["image"]) and first["index"] == second["index"] == 5
+    assert not torch.equal(first["image"], second["image"])  # another epoch, another crop
+
+
+def test_a_run_stopped_by_max_steps_continues_when_resumed_with_more(tmp_path):
+    straight, straight_trainer = _run(tmp_path / "straight")
+    # The job's own last.ckpt, written as max_steps stopped it mid-epoch, resumed with a larger max_steps.
+    _run(tmp_path / "first", max_steps=6, final_checkpoint=True)
+    resumed, resumed_trainer = _run(tmp_path / "second", ckpt_path=str(tmp_path / "first" / "last.ckpt"))
+    _same_training(resumed, resumed_trainer, straight, straight_trainer)

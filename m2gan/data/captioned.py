@@ -101,26 +101,28 @@ def verify_images(records: list[Record], resolution: int, problems: Problems, th
 
 
 def view(
-    image: Image.Image, captions: Sequence[str], resolution: int, augment: bool, flip: bool
+    image: Image.Image, captions: Sequence[str], resolution: int, rng: np.random.Generator | None, flip: bool
 ) -> tuple[torch.Tensor, str]:
     """One visit's sample of an image and its captions: (3, resolution, resolution) pixels and a caption.
 
-    With ``augment`` (training) a random caption and a random crop (and mirror, with ``flip``),
-    drawn from torch's random state; else the centre crop and the first caption.
+    With ``rng`` (training augmentation) a random caption and a random crop (and mirror, with
+    ``flip``) drawn from it; without, the centre crop and the first caption.
     """
-    caption, rng = captions[0], None
-    if augment:
-        caption = captions[int(torch.randint(len(captions), ()))]
-        rng = np.random.default_rng(int(torch.randint(2**62, ())))
+    if rng is None:
+        return resize_and_crop(image, resolution), captions[0]
+    caption = captions[int(rng.integers(len(captions)))]
     return resize_and_crop(image, resolution, rng, flip), caption
 
 
 class CaptionedImages(Dataset):
     """Records as training samples: ``{"image": (3, R, R) in [-1, 1], "caption": str, "index": int}``.
 
-    With ``augment`` one caption per image is drawn at each visit, and the crop and flip, from
-    torch's random state — which Lightning seeds per worker and epoch (``seed_everything(...,
-    workers=True)``), so runs repeat. An image that fails to load now (it passed verification,
+    With ``augment`` one caption per image is drawn at each visit, and the crop and flip, from a
+    random stream of its own seeded by ``(seed, visit, index)``: a visit's sample never depends on
+    the global random state, the data-loader workers or when it was fetched, so a resumed run sees
+    exactly the samples of an uninterrupted one. The key of visit ``v`` to image ``i`` is
+    ``v * len(self) + i`` (:class:`~m2gan.data.sampler.ResumableSampler` with ``visits=True``);
+    plain indices are visit 0. An image that fails to load now (it passed verification,
     or verification was off) is returned as None and dropped by the data module's collate
     function, which counts it.
 
@@ -131,13 +133,20 @@ class CaptionedImages(Dataset):
         augment: Draw a random caption per visit, crop at random (training); False: the first
             caption and a centre crop (evaluation).
         flip: With ``augment``, mirror half the images.
+        seed: Seed of the augmentation streams.
     """
 
     def __init__(
-        self, records: list[Record], resolution: int, name: str, augment: bool = False, flip: bool = False
+        self,
+        records: list[Record],
+        resolution: int,
+        name: str,
+        augment: bool = False,
+        flip: bool = False,
+        seed: int = 0,
     ) -> None:
         self.records, self.resolution, self.name = records, resolution, name
-        self.augment, self.flip = augment, flip
+        self.augment, self.flip, self.seed = augment, flip, seed
 
     def __len__(self) -> int:
         return len(self.records)
@@ -156,11 +165,13 @@ class CaptionedImages(Dataset):
         captions = list(self.records[index].captions)
         return captions[:count] if count else captions
 
-    def __getitem__(self, index: int) -> dict | None:
+    def __getitem__(self, key: int) -> dict | None:
+        visit, index = divmod(int(key), len(self.records))
         record = self.records[index]
         try:
             image = decode_image(record.image, self.resolution, record.box)
         except ValueError:
             return None
-        pixels, caption = view(image, record.captions, self.resolution, self.augment, self.flip)
+        rng = np.random.default_rng([self.seed, visit, index]) if self.augment else None
+        pixels, caption = view(image, record.captions, self.resolution, rng, self.flip)
         return {"image": pixels, "caption": caption, "index": index}

@@ -54,7 +54,8 @@ class CaptionDataModule(pl.LightningDataModule):
         two_object_prob: ``shapes``: probability that a scene holds two objects.
         held_out: ``shapes``: (colour, shape) combinations such as ``"purple triangle"`` that the
             training split never shows (validation and test do): does the model compose words?
-        seed: ``shapes``: dataset seed; the same seed gives the same images and captions.
+        seed: ``shapes``: dataset seed; the same seed gives the same images and captions. Real data:
+            seed of the training augmentation (each visit's crop and caption) and of the shuffling.
         augment: Real data: random crop and a random caption per visit for training (evaluation
             splits always use a centre crop and the first caption).
         flip: Real data, with ``augment``: mirror half the training images (off by default: captions
@@ -165,7 +166,7 @@ class CaptionDataModule(pl.LightningDataModule):
                 if id(records) not in built:
                     augment = hp.augment and split == "train"
                     name = f"{hp.format}:{hp.root}:{split}"
-                    built[id(records)] = CaptionedImages(records, hp.resolution, name, augment, hp.flip)
+                    built[id(records)] = CaptionedImages(records, hp.resolution, name, augment, hp.flip, hp.seed)
                 datasets[split] = built[id(records)]
             where, sizes = hp.root, {split: len(d) for split, d in datasets.items()}
         empty = [split for split, n in sizes.items() if n == 0]
@@ -216,7 +217,8 @@ class CaptionDataModule(pl.LightningDataModule):
         dataset = self.datasets[split]
         sampler = None
         if shuffle and not isinstance(dataset, IterableDataset):
-            sampler = ResumableSampler(len(dataset), seed=self.hparams.seed, start=self._resumed_samples())
+            visits = isinstance(dataset, CaptionedImages) and dataset.augment  # its crops follow the visit
+            sampler = ResumableSampler(len(dataset), self.hparams.seed, self._resumed_samples(), visits)
         return DataLoader(
             dataset,
             batch_size=self.process_batch_size,

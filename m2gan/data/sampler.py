@@ -17,10 +17,13 @@ class ResumableSampler(Sampler[int]):
         size: Number of samples.
         seed: Base seed of the permutations.
         start: Samples of the first epoch iterated to skip (those an interrupted run already used).
+        visits: Yield each index as the key ``epoch * size + index`` of its visit in this epoch, for a
+            dataset whose augmentation is a function of the visit
+            (:class:`~m2gan.data.captioned.CaptionedImages`).
     """
 
-    def __init__(self, size: int, seed: int = 0, start: int = 0) -> None:
-        self.size, self.seed, self.start, self.epoch = size, seed, start, 0
+    def __init__(self, size: int, seed: int = 0, start: int = 0, visits: bool = False) -> None:
+        self.size, self.seed, self.start, self.epoch, self.visits = size, seed, start, 0, visits
 
     def set_epoch(self, epoch: int) -> None:
         """Use epoch ``epoch``'s permutation from the next iteration on."""
@@ -33,4 +36,5 @@ class ResumableSampler(Sampler[int]):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         start, self.start = self.start, 0  # only the first iteration after a resume skips
-        yield from order[start:]
+        offset = self.epoch * self.size if self.visits else 0
+        yield from (offset + index for index in order[start:])

@@ -17,6 +17,8 @@ import json
 import logging
 import os
 
+import numpy as np
+import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from m2gan.data.captioned import Problems, clean_captions, view
@@ -116,7 +118,9 @@ class CaptionShards(IterableDataset):
             if parsed is None:
                 continue
             image, captions, index = parsed
-            pixels, caption = view(image, captions, self.resolution, self.augment, self.flip)
+            # Streamed samples have no fixed visit order: augmentation draws from torch's random state.
+            rng = np.random.default_rng(int(torch.randint(2**62, ()))) if self.augment else None
+            pixels, caption = view(image, captions, self.resolution, rng, self.flip)
             yield {"image": pixels, "caption": caption, "index": index}
         if problems.total:
             worker = get_worker_info()
