@@ -118,7 +118,7 @@ def _without_captioner(checkpoint, tmp_path):
     "make_checkpoint, args, message",
     [
         (lambda c, d: str(d / "absent.ckpt"), [], "checkpoint not found"),
-        (_truncated, [], "truncated or corrupt"),
+        (_truncated, [], "truncated, corrupt"),
         (_newer_config, [], "unknown model settings \\['flux_capacitor'\\]"),
         (_without_captioner, [], "missing weights of ema.captioner: ema.captioner."),
         (lambda c, d: c, ["--prompt", " "], "--prompt number 2 is empty"),
