@@ -9,3 +9,11 @@ def load(path, map_location="cpu", ema=True):  # noqa: ANN001, ANN201 - typed in
     from m2gan.export import load as load_model  # deferred: importing m2gan stays light
 
     return load_model(path, map_location, ema)
+
+
+def __getattr__(name: str):  # noqa: ANN202 - the error class, imported only when asked for
+    if name == "CheckpointError":  # what load raises for a file that is not a loadable checkpoint or export
+        from m2gan.checkpoint_io import CheckpointError
+
+        return CheckpointError
+    raise AttributeError(f"module 'm2gan' has no attribute {name!r}")

@@ -58,7 +58,7 @@ def _bad_files(folder: Path, checkpoint: str) -> dict[str, Path]:
 )
 def test_a_file_that_is_not_a_checkpoint_is_one_clear_error_everywhere(checkpoint, tmp_path, capsys, kind, reason):
     path = _bad_files(tmp_path, checkpoint)[kind]
-    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+    with pytest.raises(m2gan.CheckpointError, match=re.escape(str(path))):  # the documented class
         m2gan.load(path)
     with pytest.raises(CheckpointError, match=reason):
         M2GAN.load(path)
