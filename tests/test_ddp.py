@@ -1,4 +1,5 @@
-"""Two CPU processes (DDP over gloo) train the GAN and count every validation sample exactly once."""
+"""Two CPU processes (DDP over gloo) train the GAN, count every validation sample exactly once, and resume
+exactly."""
 
 from __future__ import annotations
 
@@ -33,3 +34,31 @@ def test_ddp_trains_and_validates_like_one_process(tmp_path):
     assert len(counted_once) >= 8, one  # bleu1..4, cycle_bleu4, fid_shapes_2k, attr_acc/*
     for name in counted_once:
         assert two[name] == pytest.approx(one[name], rel=1e-5, abs=1e-7), name
+
+
+@pytest.mark.slow
+def test_ddp_resume_mid_epoch_is_bit_exact(tmp_path):
+    import torch
+
+    args = [
+        "fit",
+        *TINY,
+        *DDP,
+        "--trainer.limit_val_batches=0",
+        "--trainer.max_epochs=2",
+        "--trainer.deterministic=true",
+    ]
+    for folder in ("straight", "resumed"):
+        (tmp_path / folder).mkdir()
+    straight = run_train([*args, "--trainer.max_steps=16"], tmp_path / "straight")  # 2 epochs of 4 batches
+    # stopped after 3 batches of the first epoch, resumed from that run's own last.ckpt
+    first = run_train([*args, "--trainer.max_steps=6"], tmp_path / "resumed")
+    resumed = run_train([*args, "--trainer.max_steps=16", "--ckpt_path=last"], tmp_path / "resumed")
+    for result in (straight, first, resumed):
+        assert result.returncode == 0, result.stderr[-3000:]
+    (expected,) = checkpoints(tmp_path / "straight")
+    final = max(checkpoints(tmp_path / "resumed"), key=lambda p: p.stat().st_mtime)
+    expected, final = (torch.load(p, weights_only=True) for p in (expected, final))
+    assert final["global_step"] == expected["global_step"] == 16
+    for name, value in expected["state_dict"].items():
+        assert torch.equal(final["state_dict"][name], value), name

@@ -218,7 +218,9 @@ class CaptionDataModule(pl.LightningDataModule):
         sampler = None
         if shuffle and not isinstance(dataset, IterableDataset):
             visits = isinstance(dataset, CaptionedImages) and dataset.augment  # its crops follow the visit
-            sampler = ResumableSampler(len(dataset), self.hparams.seed, self._resumed_samples(), visits)
+            trainer = getattr(self, "trainer", None)
+            replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            sampler = ResumableSampler(len(dataset), self.hparams.seed, self._resumed_samples(), visits, replicas, rank)
         return DataLoader(
             dataset,
             batch_size=self.process_batch_size,
