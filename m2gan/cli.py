@@ -78,7 +78,7 @@ def discard_failed_runs() -> None:
             continue
         shutil.rmtree(folder, ignore_errors=True)
         logger = trainer.logger
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+        if isinstance(logger, WandbLogger):  # started by instantiate_trainer (else it fell back to CSV)
             run = logger.experiment
             offline = run.settings.mode == "offline" or run.offline
             run_files = os.path.dirname(run.dir)  # wandb/offline-run-…/files -> wandb/offline-run-…
