@@ -128,18 +128,15 @@ class Snapshots(pl.Callback):
         self.taken.append((elapsed, int(pl_module.g_steps), state))
 
 
-def train(args: argparse.Namespace, workdir: str, overrides: list[str]):
-    """Train one variant for the longest budget; the trained module and its snapshots."""
+def train(args: argparse.Namespace, workdir: str, overrides: list[str], coco_root: Path | None):
+    """Train one variant for the longest budget (on the COCO-format copy at ``coco_root`` if given);
+    the trained module and its snapshots."""
     seconds = int(round(max(args.minutes) * 60))
     budget = f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
     real_data = []
-    if args.coco_format:
-        root = Path(workdir) / "coco"
-        start = time.perf_counter()
-        write_coco(root, {"train": args.coco_format, "val": 1000}, resolution=64, held_out=args.held_out)
-        print(f"wrote {args.coco_format} + 1000 COCO-format images in {time.perf_counter() - start:.0f} s")
+    if coco_root is not None:
         configs = (ROOT / "configs" / "sizes" / "cpu-64px.yaml", ROOT / "configs" / "data" / "coco.yaml")
-        real_data = [*(f"--config={c}" for c in configs), f"--data.root={root}", "--data.augment=false"]
+        real_data = [*(f"--config={c}" for c in configs), f"--data.root={coco_root}", "--data.augment=false"]
     elif args.held_out:
         real_data = [f"--data.held_out={json.dumps(args.held_out)}"]
     cli = cli_main(
@@ -192,10 +189,15 @@ def main() -> None:
 
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
+        coco_root = None
+        if args.coco_format:  # written once, read by every variant
+            coco_root, start = Path(args.out or tmp) / "coco", time.perf_counter()
+            write_coco(coco_root, {"train": args.coco_format, "val": 1000}, resolution=64, held_out=args.held_out)
+            print(f"wrote {args.coco_format} + 1000 COCO-format images in {time.perf_counter() - start:.0f} s")
         for name, _, extra in variants:
             workdir = os.path.join(args.out or tmp, name)
             print(f"training {name}: {extra or '(no extra arguments)'}")
-            runs.append((name, *train(args, workdir, shlex.split(extra))))
+            runs.append((name, *train(args, workdir, shlex.split(extra), coco_root)))
     resolution = runs[0][1].hparams.resolution
 
     # The judge learns the attributes at the model's resolution, from its own slice of the data.
