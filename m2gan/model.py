@@ -282,12 +282,10 @@ class M2GAN(pl.LightningModule):
                 "the checkpoint's tokenizer differs from the data module's: it was trained on other data or "
                 "another data config (max_length, vocabulary); resume it with the config it was trained with"
             )
-        cfg = self.ema.config
-        if saved.vocab_size != cfg.vocab_size or saved.max_length != cfg.max_length:
-            raise CheckpointMismatch(
-                f"its tokenizer (vocab_size={saved.vocab_size}, max_length={saved.max_length}) does not fit this "
-                f"model (vocab_size={cfg.vocab_size}, max_length={cfg.max_length}): it was trained with another config"
-            )
+        try:
+            self.ema.check_tokenizer(saved)
+        except ValueError as error:
+            raise CheckpointMismatch(f"{error}: the checkpoint was trained with another config") from None
         return saved
 
     def check_checkpoint(self, path: str | os.PathLike, tokenizer: CaptionTokenizer | None = None) -> None:

@@ -147,13 +147,17 @@ class SamplingPipeline(nn.Module):
 
     def set_tokenizer(self, tokenizer: CaptionTokenizer) -> None:
         """Attach the tokenizer the token ids come from; it must fit the networks' vocabulary and length."""
+        self.check_tokenizer(tokenizer)
+        self.tokenizer = tokenizer
+
+    def check_tokenizer(self, tokenizer: CaptionTokenizer) -> None:
+        """Raise a ValueError unless ``tokenizer`` fits the networks' vocabulary and length."""
         cfg = self.config
         if tokenizer.vocab_size != cfg.vocab_size or tokenizer.max_length != cfg.max_length:
             raise ValueError(
                 f"tokenizer (vocab_size={tokenizer.vocab_size}, max_length={tokenizer.max_length}) does not fit "
                 f"this model (vocab_size={cfg.vocab_size}, max_length={cfg.max_length})"
             )
-        self.tokenizer = tokenizer
 
     def _require_tokenizer(self) -> CaptionTokenizer:
         if self.tokenizer is None:
