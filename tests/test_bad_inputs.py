@@ -291,3 +291,14 @@ def test_a_checkpoint_of_other_model_sizes_names_the_weights_that_do_not_fit(che
     with pytest.raises(CheckpointError, match=r"does not fit this model \(.*shapes differ for weights of ema, generator"):
         other.check_checkpoint(checkpoint, saved.tokenizer)
     saved.check_checkpoint(checkpoint, saved.tokenizer)  # its own checkpoint fits
+
+
+def test_a_fit_that_trains_no_batch_exits_non_zero(tmp_path):
+    from tests.test_data_formats import _shards
+
+    shards = _shards(tmp_path / "shards", count=2, per_shard=1)  # 2 samples: no batch of 8 (streamed: no length)
+    data = ["--data.format=webdataset", f"--data.train_shards={shards}", f"--data.val_shards={shards}"]
+    result = run_train(["fit", *TINY, *data, "--data.tokenizer_fit_size=2"], tmp_path)
+    assert result.returncode == 1
+    assert "error: training ran no batch: the data held nothing to train on" in result.stderr
+    assert "Traceback" not in result.stderr
