@@ -30,7 +30,7 @@ class CaptionBLEU(pl.Callback):
       captioner describes the drawing, and that description is scored against the same references:
       high only if the generator draws what the text says and the captioner reads it back;
     * a table of the first ``num_table_images`` validation images (image, caption, references),
-      to W&B and as ``<run folder>/captions/step_XXXXXXX.jsonl``. (Generated images of fixed
+      to W&B and as ``<run folder>/captions/batch_XXXXXXX.jsonl``. (Generated images of fixed
       prompts and their captions are :class:`~callbacks.SampleGrid`'s table.)
 
     Under DDP each rank captions its share; the results are gathered and de-duplicated by dataset
@@ -112,26 +112,25 @@ class CaptionBLEU(pl.Callback):
         for name, value in metrics.items():
             pl_module.log(name, value, sync_dist=False)
         if trainer.is_global_zero:
-            self._write_table(trainer)
+            self._write_table(trainer, pl_module.batches_trained)
 
-    def _write_table(self, trainer: pl.Trainer) -> None:
-        step = trainer.global_step
+    def _write_table(self, trainer: pl.Trainer, step: int) -> None:
         try:
             folder = os.path.join(run_dir(trainer), "captions")
             os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, f"step_{step:07d}.jsonl"), "w") as file:
+            with open(os.path.join(folder, f"batch_{step:07d}.jsonl"), "w") as file:
                 for row in self._table:
                     file.write(json.dumps({k: v for k, v in row.items() if k != "image"}) + "\n")
         except OSError as error:
-            warnings.warn(f"could not write the caption table at step {step}: {error}", stacklevel=1)
+            warnings.warn(f"could not write the caption table at batch {step}: {error}", stacklevel=1)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 try:
-                    self._log_wandb(logger)
+                    self._log_wandb(logger, step)
                 except Exception as error:  # noqa: BLE001 - a logging failure must not stop training
                     warnings.warn(f"could not log the caption table to W&B: {error}", stacklevel=1)
 
-    def _log_wandb(self, logger: WandbLogger) -> None:
+    def _log_wandb(self, logger: WandbLogger, step: int) -> None:
         import wandb
 
         logger.log_table(
@@ -141,4 +140,5 @@ class CaptionBLEU(pl.Callback):
                 [wandb.Image(r["image"].permute(1, 2, 0).numpy()), r["caption"], " | ".join(r["references"])]
                 for r in self._table
             ],
+            step=step,
         )

@@ -15,7 +15,7 @@ from m2gan.loggers import run_dir
 
 
 class SampleGrid(pl.Callback):
-    """Every ``every_n_steps`` optimizer steps, draw the fixed prompts with fixed noise.
+    """Every ``every_n_batches`` training batches, draw the fixed prompts with fixed noise.
 
     Logged to W&B (rank 0 only):
 
@@ -23,15 +23,15 @@ class SampleGrid(pl.Callback):
     * ``sample_table``: one row per prompt — the prompt, its samples, and what the EMA captioner
       reads in each of them (so text → image → text can be eyeballed).
 
-    The same goes to disk for offline users: ``<run folder>/samples/step_XXXXXXX.png`` with the
-    prompts written above their rows, and ``step_XXXXXXX.jsonl`` with the prompts and captions.
+    Both are logged at the number of batches trained, the step of every W&B panel. The same goes
+    to disk for offline users: ``<run folder>/samples/batch_XXXXXXX.png`` with the prompts written
+    above their rows, and ``batch_XXXXXXX.jsonl`` with the prompts and captions.
     A last grid is drawn when training ends. Failing to write or log warns and never stops training.
 
     Args:
         prompts: Captions to draw, one row each; None takes the first ``num_prompts`` distinct
             captions of the validation split (so a data config needs no prompts of its own).
-        every_n_steps: Interval in optimizer steps (Lightning's ``global_step``: 2 per batch with
-            one generator step per discriminator step).
+        every_n_batches: Interval in training batches.
         num_images: Images per prompt.
         seed: Noise seed: the same noise at every grid, so grids show how training changes them.
         scale: Up-scaling of each image in the PNG.
@@ -41,7 +41,7 @@ class SampleGrid(pl.Callback):
     def __init__(
         self,
         prompts: list[str] | None = None,
-        every_n_steps: int = 1000,
+        every_n_batches: int = 500,
         num_images: int = 6,
         seed: int = 0,
         scale: int = 2,
@@ -49,11 +49,11 @@ class SampleGrid(pl.Callback):
     ) -> None:
         if prompts is not None and not prompts:
             raise ValueError("SampleGrid needs at least one prompt (or prompts: null for validation captions)")
-        for name, value in (("every_n_steps", every_n_steps), ("num_prompts", num_prompts)):
+        for name, value in (("every_n_batches", every_n_batches), ("num_prompts", num_prompts)):
             if value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
         self.prompts = list(prompts) if prompts is not None else None
-        self.every_n_steps, self.num_images, self.num_prompts = every_n_steps, num_images, num_prompts
+        self.every_n_batches, self.num_images, self.num_prompts = every_n_batches, num_images, num_prompts
         self.seed, self.scale = seed, scale
         self._last_step = 0
 
@@ -71,22 +71,21 @@ class SampleGrid(pl.Callback):
         return prompts
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._last_step = trainer.global_step  # a resumed run continues the schedule
+        self._last_step = pl_module.batches_trained  # a resumed run continues the schedule
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
-        # global_step may jump by 2 per batch, so test whether an interval boundary was crossed.
-        if trainer.global_step // self.every_n_steps > self._last_step // self.every_n_steps:
+        if pl_module.batches_trained // self.every_n_batches > self._last_step // self.every_n_batches:
             self.log_grid(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step != self._last_step:
+        if pl_module.batches_trained != self._last_step:
             self.log_grid(trainer, pl_module)
 
     def log_grid(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Draw the grid now, write its PNG and log it."""
-        self._last_step = step = trainer.global_step
+        self._last_step = step = pl_module.batches_trained
         if not trainer.is_global_zero:
             return
         if self.prompts is None:
@@ -105,12 +104,12 @@ class SampleGrid(pl.Callback):
         try:
             folder = os.path.join(run_dir(trainer), "samples")
             os.makedirs(folder, exist_ok=True)
-            prompt_grid(images, self.prompts, self.scale).save(os.path.join(folder, f"step_{step:07d}.png"))
-            with open(os.path.join(folder, f"step_{step:07d}.jsonl"), "w", encoding="utf-8") as file:
+            prompt_grid(images, self.prompts, self.scale).save(os.path.join(folder, f"batch_{step:07d}.png"))
+            with open(os.path.join(folder, f"batch_{step:07d}.jsonl"), "w", encoding="utf-8") as file:
                 for row in rows:
                     file.write(json.dumps({"prompt": row["prompt"], "captions": row["captions"]}) + "\n")
         except OSError as error:
-            warnings.warn(f"could not write the sample grid at step {step}: {error}", stacklevel=1)
+            warnings.warn(f"could not write the sample grid at batch {step}: {error}", stacklevel=1)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 try:

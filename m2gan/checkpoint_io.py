@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import os
 import pickle
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar

@@ -16,14 +16,14 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch.utils.data import IterableDataset
 
 from m2gan.checkpoint_io import AtomicCheckpointIO
-from m2gan.loggers import run_dir
+from m2gan.loggers import AutoWandbLogger, last_logged_step, run_dir
 
 USAGE = """\
 M2GAN: text-to-image GAN training with LightningCLI.
 
   python train.py fit                      train the default job (configs/default.yaml, built-in shapes data)
   python train.py fit --config FILE.yaml   train with your own config (merged over the default)
-  python train.py fit --print_config       show the complete, commented config
+  python train.py fit --print_config=comments   show the complete config, each option with its help
   python train.py {validate,test,predict} --ckpt_path CKPT
   python train.py --help                   all options
 """
@@ -33,7 +33,8 @@ class RunConfigSaver(SaveConfigCallback):
     """Save the resolved config as ``config.yaml`` in this run's own folder.
 
     LightningCLI's default writes to ``trainer.log_dir``, which a ``WandbLogger`` shares between all
-    runs of a folder, so the second run would fail; a run folder is unique per run.
+    runs of a folder, so the second run would fail; a run folder is unique per run. A resumed run
+    writing into its folder again keeps the earlier config and adds ``config.1.yaml``, ….
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -42,9 +43,15 @@ class RunConfigSaver(SaveConfigCallback):
     def save_config(self, trainer, pl_module, stage: str) -> None:
         folder = run_dir(trainer)
         os.makedirs(folder, exist_ok=True)
+        # A resumed run continues in its folder: the first part's config stays, the next is config.1.yaml, ...
+        stem, suffix = os.path.splitext(self.config_filename)
+        path, part = os.path.join(folder, self.config_filename), 0
+        while os.path.exists(path):
+            part += 1
+            path = os.path.join(folder, f"{stem}.{part}{suffix}")
         self.parser.save(
             self.config,
-            os.path.join(folder, self.config_filename),
+            path,
             skip_none=False,
             overwrite=True,
             multifile=self.multifile,
@@ -145,7 +152,6 @@ class M2GANCLI(LightningCLI):
             fail(f"invalid configuration: {error}", 2)
 
     def before_fit(self) -> None:
-        self.resolve_last_checkpoint()
         self.check_checkpoint()
         self.check_training_data()
 
@@ -198,7 +204,7 @@ class M2GANCLI(LightningCLI):
             )
             trainer.val_check_interval = 1.0
 
-    def resolve_last_checkpoint(self) -> None:
+    def resolve_last_checkpoint(self, trainer) -> None:
         """Resolve ``--ckpt_path last`` to the newest ``last.ckpt`` of any run in the same project folder.
 
         Each run writes into its own folder (``runs/<project>/<run id>``), so Lightning's own "last"
@@ -207,7 +213,7 @@ class M2GANCLI(LightningCLI):
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") != "last":
             return
-        project = os.path.dirname(os.path.abspath(run_dir(self.trainer)))
+        project = os.path.dirname(os.path.abspath(run_dir(trainer)))
         candidates = [
             os.path.join(project, run, "checkpoints", "last.ckpt")
             for run in (os.listdir(project) if os.path.isdir(project) else [])
@@ -218,9 +224,42 @@ class M2GANCLI(LightningCLI):
         config["ckpt_path"] = max(existing, key=os.path.getmtime)
         print(f"resuming from {config['ckpt_path']}", file=sys.stderr)
 
+    def continue_logged_run(self, logger: AutoWandbLogger) -> None:
+        """Let a resumed fit log into the W&B run (and run folder) its checkpoint came from.
+
+        Only when the checkpoint lies in ``<save_dir>/<project>/<run id>/checkpoints`` of this
+        logger's project and is not older than the last batch that run logged: resuming from an
+        earlier checkpoint would log those batches a second time, so it starts a new run instead.
+        """
+        path = self.config_init[self.subcommand].get("ckpt_path")
+        if not path or not os.path.isfile(path) or not logger.continue_run or logger.version is not None:
+            return
+        checkpoints = os.path.dirname(os.path.abspath(path))
+        run_folder = os.path.dirname(checkpoints)
+        project = os.path.abspath(os.path.join(logger.save_dir, str(logger.name)))
+        if os.path.basename(checkpoints) != "checkpoints" or os.path.dirname(run_folder) != project:
+            return
+        from m2gan.checkpoint_io import read_checkpoint
+
+        batches = int(read_checkpoint(path).get("state_dict", {}).get("d_steps", 0))
+        run_id, logged = os.path.basename(run_folder), last_logged_step(run_folder)
+        if batches < logged:
+            print(
+                f"note: {path} is from batch {batches} but W&B run {run_id} logged up to batch {logged}: "
+                "starting a new W&B run so that no batch is logged twice",
+                file=sys.stderr,
+            )
+            return
+        logger.continue_logged_run(run_id)
+        print(f"continuing W&B run {run_id} from batch {batches}", file=sys.stderr)
+
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         STARTED_RUNS.append(trainer)
+        if self.subcommand == "fit":
+            self.resolve_last_checkpoint(trainer)
+            if isinstance(trainer.logger, AutoWandbLogger):
+                self.continue_logged_run(trainer.logger)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         logger = trainer.logger

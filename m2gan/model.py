@@ -243,6 +243,9 @@ class M2GAN(pl.LightningModule):
         tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)
+        for logger in self.loggers:  # one step axis for every record: batches trained
+            if hasattr(logger, "step_source"):
+                logger.step_source = lambda: self.batches_trained
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.tokenizer is not None:
@@ -416,6 +419,11 @@ class M2GAN(pl.LightningModule):
 
     # ------------------------------------------------------------------ logging
 
+    @property
+    def batches_trained(self) -> int:
+        """Training batches done (one discriminator step each): the step of everything a run logs."""
+        return int(self.d_steps)
+
     def show_losses(self) -> None:
         """Put the latest ``d_loss`` and ``g_loss`` on the progress bar.
 
@@ -438,7 +446,7 @@ class M2GAN(pl.LightningModule):
         if self._train_logs:
             metrics = {name: float(value) for name, value in self._train_logs.items()}
             for logger in self.loggers:  # Lightning's loggers write on rank zero only
-                logger.log_metrics(metrics, step=int(self.d_steps))
+                logger.log_metrics(metrics, step=self.batches_trained)
             self._train_logs.clear()
 
     def on_train_end(self) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +15,7 @@ from callbacks import CaptionBLEU, FinalCheckpoint, SampleGrid
 from m2gan.eval.bleu import corpus_bleu
 from m2gan.loggers import AutoWandbLogger
 from m2gan.model import M2GAN
+from tests.wandb_runs import inspect_run
 
 
 def _trainer(tmp_path, callbacks, batches):
@@ -39,12 +38,12 @@ def test_last_checkpoint_holds_the_final_weights(tmp_path, datamodule, tiny_mode
 
 def test_sample_grid_writes_pngs_with_one_row_per_prompt(tmp_path, datamodule, tiny_model):
     prompts = ["a red circle at the left", "a small blue square at the top"]
-    grid = SampleGrid(prompts, every_n_steps=2, num_images=3)
+    grid = SampleGrid(prompts, every_n_batches=1, num_images=3)
     trainer = _trainer(tmp_path, [grid], batches=2)
     trainer.fit(tiny_model, datamodule)
-    pngs = sorted((tmp_path / "samples").glob("step_*.png"))
-    assert [p.name for p in pngs] == ["step_0000002.png", "step_0000004.png"]
-    table = [json.loads(line) for line in (tmp_path / "samples" / "step_0000004.jsonl").read_text().splitlines()]
+    pngs = sorted((tmp_path / "samples").glob("batch_*.png"))
+    assert [p.name for p in pngs] == ["batch_0000001.png", "batch_0000002.png"]
+    table = [json.loads(line) for line in (tmp_path / "samples" / "batch_0000002.jsonl").read_text().splitlines()]
     assert [row["prompt"] for row in table] == prompts and all(len(row["captions"]) == 3 for row in table)
     width, height = Image.open(pngs[-1]).size
     assert height > 2 * 32 * grid.scale and width >= 3 * 32 * grid.scale
@@ -53,10 +52,10 @@ def test_sample_grid_writes_pngs_with_one_row_per_prompt(tmp_path, datamodule, t
 def test_sample_grid_without_prompts_draws_the_first_validation_captions(tmp_path, datamodule, tiny_model):
     val = datamodule.datasets["val"]
     expected = list(dict.fromkeys(val.caption(i) for i in range(len(val))))[:3]
-    _trainer(tmp_path, [SampleGrid(None, every_n_steps=100, num_images=1, num_prompts=3)], batches=1).fit(
+    _trainer(tmp_path, [SampleGrid(None, every_n_batches=100, num_images=1, num_prompts=3)], batches=1).fit(
         tiny_model, datamodule
     )
-    (table,) = (tmp_path / "samples").glob("step_*.jsonl")  # the grid drawn at the end of training
+    (table,) = (tmp_path / "samples").glob("batch_*.jsonl")  # the grid drawn at the end of training
     assert [json.loads(line)["prompt"] for line in table.read_text().splitlines()] == expected
 
 
@@ -67,7 +66,7 @@ def test_sample_grid_logs_images_and_a_table_into_the_offline_wandb_run(tmp_path
     logger = AutoWandbLogger(save_dir=str(tmp_path), project="m2gan")
     trainer = pl.Trainer(
         default_root_dir=tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=logger,
-        callbacks=[SampleGrid(prompts, every_n_steps=100, num_images=2)], enable_progress_bar=False,
+        callbacks=[SampleGrid(prompts, every_n_batches=100, num_images=2)], enable_progress_bar=False,
         enable_model_summary=False,
     )  # fmt: skip
     trainer.fit(tiny_model, datamodule)
@@ -75,13 +74,8 @@ def test_sample_grid_logs_images_and_a_table_into_the_offline_wandb_run(tmp_path
     wandb.finish()
     wandb.teardown()  # stops W&B's service and unsets WANDB_SERVICE, which later child processes would inherit
     # Read the run back with W&B's own inspector of its transaction log, not by guessing file names.
-    inspect = subprocess.run(
-        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_folder)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert inspect.returncode == 0, inspect.stderr
-    history = [json.loads(line) for line in inspect.stdout.splitlines()]
-    items = [record["history"]["item"] for record in history if record.get("type") == "history"]
+    records = inspect_run(run_folder)
+    items = [record["history"]["item"] for record in records if record.get("type") == "history"]
     # Nested values come flattened: "samples._type", "sample_table.path", …
     logged = {key: value for item in items for key, value in item.items()}
     images = {k.split(".", 1)[1]: v for k, v in logged.items() if k.startswith("samples.")}
@@ -91,7 +85,7 @@ def test_sample_grid_logs_images_and_a_table_into_the_offline_wandb_run(tmp_path
     assert table["_type"] == "table-file" and table["nrows"] == len(prompts)
     # A table with images is stored as a W&B artifact: its manifest names the table and each image.
     (artifact,) = [
-        r["artifact"] for r in history if r.get("type") == "artifact" and r["artifact"]["name"].endswith("sample_table")
+        r["artifact"] for r in records if r.get("type") == "artifact" and r["artifact"]["name"].endswith("sample_table")
     ]
     files = {entry["path"]: Path(entry["local_path"]) for entry in artifact["manifest"]["contents"]}
     rows = json.loads(files["sample_table.table.json"].read_text())
@@ -107,6 +101,7 @@ class _CaptioningModel:
 
     def __init__(self, captions: dict[int, str]) -> None:
         self.captions, self.prompts, self.logged = captions, [], {}
+        self.batches_trained = 5
         self.tokenizer = SimpleNamespace(normalize=lambda caption: " ".join(caption.lower().split()))
         self.ema = self  # the sampling pipeline's methods are this stand-in's own
 
@@ -155,7 +150,7 @@ def test_caption_bleu_counts_each_validation_image_once(tmp_path):
         assert model.logged[f"val/bleu{n}"] == pytest.approx(expected[f"bleu{n}"], abs=1e-7)
     # The stand-in generator draws exactly the caption it is given: its cycle BLEU is the references' own.
     assert model.logged["val/cycle_bleu4"] == pytest.approx(1.0)
-    (table,) = (tmp_path / "captions").glob("step_0000010.jsonl")
+    (table,) = (tmp_path / "captions").glob("batch_0000005.jsonl")
     rows = [json.loads(line) for line in table.read_text().splitlines()]
     assert [r.get("index") for r in rows] == [0, 1] and rows[0]["caption"] == "a red circle at the left"
 
@@ -186,7 +181,7 @@ def test_a_full_disk_for_sample_pngs_warns_and_training_goes_on(tmp_path, datamo
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Image.Image, "save", no_space)
-    grid = SampleGrid(["a red circle at the left"], every_n_steps=2, num_images=2)
+    grid = SampleGrid(["a red circle at the left"], every_n_batches=2, num_images=2)
     with pytest.warns(UserWarning, match="No space left on device"):
         _trainer(tmp_path, [grid], batches=2).fit(tiny_model, datamodule)
     assert int(tiny_model.g_steps) == 2  # both batches trained

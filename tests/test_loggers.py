@@ -31,3 +31,31 @@ def test_netrc_login_counts(monkeypatch, tmp_path):
     netrc_file.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc_file))
     assert wandb_logged_in()
+
+
+def test_wandb_init_arguments_reach_the_run(monkeypatch, tmp_path):
+    import wandb
+
+    from m2gan.loggers import AutoWandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = AutoWandbLogger(
+        save_dir=str(tmp_path), id="probe42", tags=["ablation", "cpu"], group="sweep-1", notes="a probe",
+        init_kwargs={"job_type": "probe"},
+    )  # fmt: skip
+    run = logger.experiment
+    try:
+        assert (run.id, tuple(run.tags), run.group, run.notes, run.job_type) == (
+            "probe42", ("ablation", "cpu"), "sweep-1", "a probe", "probe"
+        )  # fmt: skip
+        assert logger.run_folder == str(tmp_path / "m2gan" / "probe42")
+    finally:
+        wandb.finish()
+
+
+def test_evaluation_metrics_keep_their_best_value_in_the_summary():
+    from m2gan.loggers import summary_of
+
+    assert summary_of("val/fid_2k") == summary_of("test/fid_shapes_2k") == summary_of("val/caption_loss") == "min"
+    assert summary_of("val/bleu4") == summary_of("val/attr_acc/shape") == summary_of("val/match_acc") == "max"
+    assert summary_of("train/d_loss") is None and summary_of("val/unknown") is None

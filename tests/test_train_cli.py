@@ -57,7 +57,7 @@ def test_fit_writes_a_checkpoint_that_samples_and_a_second_run_works(tmp_path):
     (last,) = checkpoints(tmp_path)
     run_folder = last.parent.parent
     assert (run_folder / "config.yaml").is_file()
-    assert list((run_folder / "samples").glob("step_*.png")), "no sample grid written"
+    assert list((run_folder / "samples").glob("batch_*.png")), "no sample grid written"
     assert list(tmp_path.glob("runs/wandb/offline-run-*/run-*.wandb")), "no offline W&B run"
 
     model = M2GAN.load(last)
@@ -65,7 +65,7 @@ def test_fit_writes_a_checkpoint_that_samples_and_a_second_run_works(tmp_path):
     assert images.shape == (4, 3, 32, 32) and images.dtype == torch.uint8
     captions = model.ema.caption(images, num_beams=2)
     assert len(captions) == 4 and all(isinstance(c, str) for c in captions)
-    assert list((run_folder / "captions").glob("step_*.jsonl")), "no caption table written"
+    assert list((run_folder / "captions").glob("batch_*.jsonl")), "no caption table written"
     assert int(model.g_steps) == 4  # 32 images / batch 8: the whole epoch is in last.ckpt
 
     (tmp_path / "prompts.txt").write_text("a red circle at the left\n\na big blue square\n")
@@ -186,3 +186,14 @@ def test_ckpt_path_last_resumes_the_newest_run(tmp_path):
     assert f"resuming from {previous}" in resumed.stderr
     newest = max(checkpoints(tmp_path), key=lambda p: p.stat().st_mtime)
     assert newest != previous and int(M2GAN.load(newest).g_steps) == 8  # the second epoch on top of the first
+
+
+def test_print_config_with_comments_carries_each_options_help(tmp_path):
+    result = run_train(["fit", "--print_config=comments"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    at = lines.index("  noise_dim: 64")  # the model section's option, with its docstring's line just above
+    assert lines[at - 1].startswith("  # Width of the generator's noise vector.")
+    at = next(i for i, line in enumerate(lines) if line.strip() == "every_n_batches: 1000")
+    assert lines[at - 1].strip().startswith("# Interval in training batches.")  # a callback's help too
+    assert not list(tmp_path.iterdir()), "printing the config wrote files"

@@ -1,0 +1,91 @@
+"""The offline W&B run of a training job, read back with W&B's own inspector: one step axis, resumes continue it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.test_train_cli import TINY, run_train
+from tests.wandb_runs import history, inspect_run
+
+
+def offline_runs(root: Path) -> list[Path]:
+    return sorted(root.glob("runs/wandb/offline-run-*"))
+
+
+def steps_of(rows: list[dict], prefix: str) -> list[int]:
+    return [row["trainer/batch"] for row in rows if any(key.startswith(prefix) for key in row)]
+
+
+@pytest.mark.slow
+def test_one_step_axis_and_a_resumed_run_continues_it(tmp_path):
+    # 3 batches (max_steps counts optimizer steps, two per batch); validation every 2 batches; train/* every batch.
+    args = [*TINY, "--trainer.log_every_n_steps=1"]
+    first = run_train(["fit", *args, "--trainer.max_steps=6"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run_folder,) = tmp_path.glob("runs/m2gan/*")
+    (part1,) = offline_runs(tmp_path)
+    rows = history(part1)
+    assert rows and all(isinstance(row.get("trainer/batch"), int) for row in rows), "a record off the batch axis"
+    assert steps_of(rows, "train/d_loss") == [1, 2, 3]
+    assert steps_of(rows, "val/bleu4") == [2]  # Lightning's validation, on the same axis
+    assert steps_of(rows, "samples.") == [3] and steps_of(rows, "sample_table.") == [3]  # the grid at the end
+    assert steps_of(rows, "captions.") == [2]  # the caption table of the validation at batch 2
+    axes = [
+        r["metric"] for r in inspect_run(part1) if r.get("type") == "metric" and r["metric"].get("glob_name") == "*"
+    ]
+    assert axes[-1]["step_metric"] == "trainer/batch"  # the x-axis of every panel (the last definition wins)
+    summary = inspect_run(part1, "--summary")["summary"]
+    fid = next(name for name in summary if name.startswith("val/fid"))
+    assert set(summary[fid]) == {"min"} and set(summary["val/bleu4"]) == {"max"}
+    assert summary["trainer/batch"] == 3  # the last step is the batches trained
+
+    # Keep part 1's final checkpoint: resuming from it later would log batch 4 twice.
+    shutil.copy(run_folder / "checkpoints" / "last.ckpt", tmp_path / "batch3.ckpt")
+    second = run_train(["fit", *args, "--trainer.max_steps=8", "--ckpt_path=last"], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"continuing W&B run {run_folder.name} from batch 3" in second.stderr
+    assert list(tmp_path.glob("runs/m2gan/*")) == [run_folder]  # same run folder
+    assert (run_folder / "config.yaml").is_file() and (run_folder / "config.1.yaml").is_file()
+    part2 = next(p for p in offline_runs(tmp_path) if p != part1)
+    assert part2.name.endswith(run_folder.name)  # same W&B run id
+    assert inspect_run(part2, "--summary")["run_id"] == run_folder.name
+    rows2 = history(part2)
+    assert steps_of(rows2, "train/d_loss") == [4] and steps_of(rows2, "val/bleu4") == [4]
+    assert min(row["trainer/batch"] for row in rows2) == 4  # continues after part 1: no batch logged twice
+
+    # From a checkpoint older than what the run logged: a new run, so batch 4 is not logged twice.
+    (run_folder / "checkpoints" / "batch3.ckpt").write_bytes((tmp_path / "batch3.ckpt").read_bytes())
+    third = run_train(
+        ["fit", *args, "--trainer.max_steps=8", f"--ckpt_path={run_folder / 'checkpoints' / 'batch3.ckpt'}"], tmp_path
+    )
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "logged up to batch 4: starting a new W&B run" in third.stderr
+    assert len(list(tmp_path.glob("runs/m2gan/*"))) == 2
+
+
+def test_log_model_stages_checkpoints_as_model_artifacts_offline(tmp_path, monkeypatch, datamodule, tiny_model):
+    import pytorch_lightning as pl
+    import wandb
+
+    from callbacks import FinalCheckpoint
+    from m2gan.loggers import AutoWandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))  # where W&B stages artifact files
+    logger = AutoWandbLogger(save_dir=str(tmp_path / "runs"), log_model=True)
+    checkpoint = FinalCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=-1, every_n_train_steps=2)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=logger,
+        callbacks=[checkpoint], enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(tiny_model, datamodule)
+    run_folder = Path(logger.experiment.dir).parent
+    wandb.finish()
+    artifacts = [r["artifact"] for r in inspect_run(run_folder) if r.get("type") == "artifact"]
+    models = [a for a in artifacts if a["type"] == "model"]
+    assert models, f"no model artifact among {[a['type'] for a in artifacts]}"
+    staged = [Path(e["local_path"]) for a in models for e in a["manifest"]["contents"]]
+    assert staged and all(p.is_file() and p.stat().st_size > 0 for p in staged)  # `wandb sync` uploads these
