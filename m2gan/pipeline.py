@@ -99,6 +99,24 @@ def whole_number(name: str, value: object, minimum: int, maximum: int | None = N
     return int(value)
 
 
+MAX_FRAMES = 256
+"""Most frames of one interpolation or truncation sweep (its strip image stays viewable)."""
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation from ``a`` to ``b`` (D,) at fractions ``t`` (F,): (F, D).
+
+    Gaussian noise lives near a sphere; a straight line between two samples passes through the
+    low-norm middle the generator never saw in training, a great circle does not (White, 2016).
+    """
+    cos = torch.dot(a, b) / (a.norm() * b.norm())
+    angle = torch.arccos(cos.clamp(-1, 1))
+    if angle < 1e-4:  # (nearly) the same direction: plain blending is exact enough
+        return torch.lerp(a, b, t[:, None])
+    t = t[:, None]
+    return (torch.sin((1 - t) * angle) * a + torch.sin(t * angle) * b) / torch.sin(angle)
+
+
 def finite_number(name: str, value: object, positive: bool = False) -> float:
     """``value`` as a float if it is a finite real number (and positive if asked); else a ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
@@ -262,6 +280,63 @@ class SamplingPipeline(nn.Module):
             words, sentence = self.text_encoder(chunk_tokens)  # (p, L, W), (p, S)
             prompt = torch.arange(start, stop, device=tokens.device) // num_images - first  # each row's prompt
             yield self.draw(z[start:stop], sentence[prompt], words[prompt], (chunk_tokens == PAD_ID)[prompt])
+
+    @torch.inference_mode()
+    def interpolate(
+        self, prompts: Sequence[str], frames: int = 8, seed: int = 0, truncation: float | None = None
+    ) -> torch.Tensor:
+        """Frames of a smooth path through the generator's inputs, as uint8 CPU images (frames, 3, H, W).
+
+        * Two or more prompts: a morph from each prompt to the next with one fixed noise vector
+          (``generate(prompt, seed=seed)``'s); the text encoder's sentence and word features are
+          blended linearly, position by position, and a word position is padding while the nearer
+          prompt has no word there. The first and last frames are ``generate``'s images of the
+          first and last prompt.
+        * One prompt: a noise walk, along the great circle (slerp) from the first to the second
+          image of ``generate(prompt, num_images=2, seed=seed)``, which are the end frames.
+
+        ``frames`` (2 to :data:`MAX_FRAMES`) are spread evenly along the whole path, both ends included.
+        """
+        frames = whole_number("frames", frames, 2, MAX_FRAMES)
+        tokens = self.encode_prompts(prompts).to(self.device)  # (P, L)
+        seed = whole_number("seed", seed, 0, MAX_SEED)
+        words, sentence = self.text_encoder(tokens)  # (P, L, W), (P, S)
+        padding = tokens == PAD_ID
+        if tokens.shape[0] == 1:
+            ends = self.noise(2, torch.Generator().manual_seed(seed), truncation)  # (2, noise_dim)
+            t = torch.linspace(0, 1, frames, device=self.device)
+            z = slerp(ends[0], ends[1], t)  # (F, noise_dim)
+            return self._draw_one_text(z, sentence, words, padding)
+        position = torch.linspace(0, tokens.shape[0] - 1, frames, device=self.device)
+        start = position.floor().long().clamp(max=tokens.shape[0] - 2)  # (F,) the segment of each frame
+        f = (position - start)[:, None]  # (F, 1) how far along its segment
+        blend_sentence = torch.lerp(sentence[start], sentence[start + 1], f)  # (F, S)
+        blend_words = torch.lerp(words[start], words[start + 1], f[:, :, None])  # (F, L, W)
+        blend_padding = torch.where(f < 0.5, padding[start], padding[start + 1])  # (F, L)
+        z = self.noise(1, torch.Generator().manual_seed(seed), truncation).expand(frames, -1)
+        return self.draw(z, blend_sentence, blend_words, blend_padding)
+
+    @torch.inference_mode()
+    def truncation_sweep(self, prompt: str, truncations: Sequence[float], seed: int = 0) -> torch.Tensor:
+        """``generate(prompt, seed=seed, truncation=ψ)`` for each ψ, as uint8 CPU images (len(truncations), 3, H, W).
+
+        The truncated noise comes from the same uniform draws for every ψ, so the frames show one
+        sample moving from the mode (small ψ: less variety, cleaner) to the tails (large ψ).
+        """
+        if not 1 <= len(truncations) <= MAX_FRAMES:
+            raise ValueError(f"truncation sweep: give 1 to {MAX_FRAMES} values, got {len(truncations)}")
+        tokens = self.encode_prompts([prompt]).to(self.device)
+        seed = whole_number("seed", seed, 0, MAX_SEED)
+        words, sentence = self.text_encoder(tokens)
+        z = torch.cat([self.noise(1, torch.Generator().manual_seed(seed), psi) for psi in truncations])
+        return self._draw_one_text(z, sentence, words, tokens == PAD_ID)
+
+    def _draw_one_text(
+        self, z: torch.Tensor, sentence: torch.Tensor, words: torch.Tensor, padding: torch.Tensor
+    ) -> torch.Tensor:
+        """Images for each noise row of ``z`` (N, noise_dim) and one prompt's features (1, S), (1, L, W), (1, L)."""
+        n = z.shape[0]
+        return self.draw(z, sentence.expand(n, -1), words.expand(n, -1, -1), padding.expand(n, -1))
 
     @torch.inference_mode()
     def generate_rows(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:

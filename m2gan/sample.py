@@ -3,6 +3,9 @@
     m2gan-sample generate CKPT --prompt "a red circle on the left" --num-images 4 --out samples/
     m2gan-sample generate CKPT --prompts-file prompts.txt --seed 1 --grid --out samples/
     m2gan-sample caption CKPT photos/ cat.jpg [--num-beams 4] [--out captions.jsonl]
+    m2gan-sample interpolate CKPT --prompt "a red circle" --prompt "a blue square" --frames 16 --out morph/
+    m2gan-sample interpolate CKPT --prompt "a red circle" --frames 16 --out walk/          # noise walk
+    m2gan-sample interpolate CKPT --prompt "a red circle" --truncation-sweep 0.25 0.5 1 2 --out sweep/
 
 Also runnable as ``python -m m2gan.sample``. Every failure is one line on stderr and a non-zero
 exit status, and nothing is left half-written: outputs appear only when the whole run succeeded.
@@ -18,6 +21,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from m2gan.images import IMAGE_SUFFIXES
 
@@ -45,6 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--truncation", type=float, default=None, help="truncate the noise to ±this (off)")
     generate.add_argument("--grid", action="store_true", help="also write grid.png, the prompt above each row")
     generate.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
+
+    interpolate = commands.add_parser(
+        "interpolate", help="frames along a path: prompt to prompt, a noise walk, or a truncation sweep"
+    )
+    common(interpolate)
+    interpolate.add_argument(
+        "--prompt", action="append", default=[], help="one prompt: a noise walk; several: a morph through them in order"
+    )
+    interpolate.add_argument("--frames", type=int, default=16, help="frames along the whole path, ends included")
+    interpolate.add_argument("--seed", type=int, default=0, help="noise seed: the end frames are generate's images")
+    interpolate.add_argument("--truncation", type=float, default=None, help="truncate the noise to ±this (off)")
+    interpolate.add_argument(
+        "--truncation-sweep", type=float, nargs="+", metavar="PSI", help="instead: one frame per truncation value"
+    )
+    interpolate.add_argument("--fps", type=float, default=8.0, help="frames per second of the GIF")
+    interpolate.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
 
     caption = commands.add_parser("caption", help="image -> text")
     common(caption)
@@ -108,6 +128,50 @@ def run_generate(args: argparse.Namespace, model) -> str:
             prompt_grid(images, prompts, scale=max(1, 128 // images.shape[-1])).save(folder / "grid.png")
     note = f" ({skipped} blank lines skipped)" if skipped else ""
     return f"wrote {total} images for {len(prompts)} prompts{note} to {args.out}"
+
+
+def run_interpolate(args: argparse.Namespace, model) -> str:
+    from m2gan.atomic import staged_folder
+    from m2gan.grid import prompt_grid
+    from m2gan.outputs import save_images
+    from m2gan.pipeline import finite_number
+
+    prompts = list(args.prompt)
+    if not prompts:
+        raise ValueError("no prompts: give --prompt (one for a noise walk, several for a morph)")
+    for i, prompt in enumerate(prompts):
+        if not prompt.strip():
+            raise ValueError(f"--prompt number {i + 1} is empty")
+    finite_number("--fps", args.fps, positive=True)
+    if args.truncation_sweep:
+        if len(prompts) != 1:
+            raise ValueError(f"--truncation-sweep draws one prompt, got {len(prompts)}")
+        for psi in args.truncation_sweep:
+            finite_number("--truncation-sweep value", psi, positive=True)
+        images = model.truncation_sweep(prompts[0], args.truncation_sweep, seed=args.seed)
+        values = [{"truncation": psi} for psi in args.truncation_sweep]
+        label = f"{prompts[0]}: truncation {args.truncation_sweep[0]:g} .. {args.truncation_sweep[-1]:g}"
+    else:
+        images = model.interpolate(prompts, frames=args.frames, seed=args.seed, truncation=args.truncation)
+        steps = torch.linspace(0, max(len(prompts) - 1, 1), images.shape[0]).tolist()
+        values = [{"position": round(t, 6), "truncation": args.truncation} for t in steps]
+        label = " -> ".join(prompts) if len(prompts) > 1 else f"{prompts[0]}: noise walk"
+    entries = [
+        {"file": f"frame_{k:03d}.png", "prompts": prompts, "seed": args.seed, **value} for k, value in enumerate(values)
+    ]
+    with staged_folder(args.out) as folder:
+        try:
+            save_images(folder, images, entries, "manifest.jsonl")
+            frames = [Image.fromarray(frame) for frame in images.permute(0, 2, 3, 1).numpy()]
+            scale = max(1, 128 // images.shape[-1])
+            frames = [frame.resize((frame.width * scale, frame.height * scale), Image.NEAREST) for frame in frames]
+            frames[0].save(
+                folder / "interpolation.gif", save_all=True, append_images=frames[1:], duration=1000 / args.fps, loop=0
+            )
+            prompt_grid(images, [label], scale=scale).save(folder / "strip.png")
+        except OSError as error:
+            raise ValueError(f"{args.out}: cannot write the images ({error.strerror or error})") from None
+    return f"wrote {images.shape[0]} frames, interpolation.gif and strip.png to {args.out}"
 
 
 def image_files(inputs: list[str]) -> list[Path]:
@@ -174,7 +238,8 @@ def _run(args: argparse.Namespace, load) -> int:
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         model = load(args.checkpoint, map_location=device, ema=args.ema)
-        summary = run_generate(args, model) if args.command == "generate" else run_caption(args, model)
+        run = {"generate": run_generate, "interpolate": run_interpolate, "caption": run_caption}[args.command]
+        summary = run(args, model)
     except (ValueError, FileNotFoundError) as error:
         print(f"m2gan-sample: error: {error}", file=sys.stderr)
         return 1

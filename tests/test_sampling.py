@@ -180,3 +180,58 @@ def test_pickle_module_is_not_needed_to_read_an_export(checkpoint, tmp_path, mon
     monkeypatch.setattr(pickle, "loads", forbidden)
     monkeypatch.setattr(torch, "load", forbidden)
     assert m2gan.load(tmp_path / "export").generate(["a red circle"]).shape[0] == 1
+
+
+def test_interpolation_ends_are_generates_images_and_the_path_is_smooth(checkpoint):
+    model = m2gan.load(checkpoint)
+    a, b, c = "a red circle on the left", "a big blue square at the top", "a small green cross"
+    morph = model.interpolate([a, b, c], frames=9, seed=3)  # frames at positions 0, 0.25, …, 2
+    assert morph.shape == (9, 3, 32, 32) and morph.dtype == torch.uint8
+    for frame, prompt in ((0, a), (4, b), (8, c)):  # each prompt is a key frame: generate's own image
+        assert (morph[frame].int() - model.generate([prompt], seed=3)[0].int()).abs().max() <= 1
+    walk = model.interpolate([a], frames=9, seed=3)
+    ends = model.generate([a], num_images=2, seed=3)
+    assert (walk[0].int() - ends[0].int()).abs().max() <= 1 and (walk[-1].int() - ends[1].int()).abs().max() <= 1
+    # Smooth: no step between neighbouring frames is as large as the distance between the ends.
+    steps = (walk[1:].float() - walk[:-1].float()).abs().mean(dim=(1, 2, 3))
+    assert steps.max() < (walk[-1].float() - walk[0].float()).abs().mean()
+    sweep = model.truncation_sweep(a, [0.5, 1.0, 2.0], seed=3)
+    for frame, psi in enumerate([0.5, 1.0, 2.0]):
+        assert (sweep[frame].int() - model.generate([a], seed=3, truncation=psi)[0].int()).abs().max() <= 1
+
+
+def test_interpolate_command_writes_frames_a_gif_and_a_strip(checkpoint, tmp_path, capsys):
+    args = ["interpolate", checkpoint, "--prompt", "a red circle on the left", "--prompt", "a big blue square"]
+    status, _, err = run([*args, "--frames", "6", "--seed", "2", "--out", str(tmp_path / "morph")], capsys)
+    assert status == 0, err
+    frames = png_pixels(tmp_path / "morph")
+    assert sorted(frames) == sorted([f"frame_{k:03d}.png" for k in range(6)] + ["strip.png"])
+    expected = m2gan.load(checkpoint).interpolate(["a red circle on the left", "a big blue square"], frames=6, seed=2)
+    assert torch.equal(frames["frame_005.png"], expected[5].permute(1, 2, 0))
+    gif = Image.open(tmp_path / "morph" / "interpolation.gif")
+    assert gif.n_frames == 6
+    manifest = [json.loads(line) for line in (tmp_path / "morph" / "manifest.jsonl").read_text().splitlines()]
+    assert [row["position"] for row in manifest] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    sweep = [*args[:4], "--truncation-sweep", "0.5", "1", "--out", str(tmp_path / "sweep")]
+    assert run(sweep, capsys)[0] == 0 and len(list((tmp_path / "sweep").glob("frame_*.png"))) == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--frames", "1"], "frames must be at least 2"),
+        (["--frames", "100000"], "at most 256"),
+        (["--prompt", " "], "--prompt number 2 is empty"),
+        (["--prompt", "a blue square", "--truncation-sweep", "1"], "draws one prompt, got 2"),
+        (["--truncation-sweep", "nan"], "--truncation-sweep value must be a finite number"),
+        (["--truncation", "0"], "truncation must be positive"),
+        (["--fps", "0"], "--fps must be positive"),
+        (["--seed", "-1"], "seed must be at least 0"),
+    ],
+)
+def test_interpolate_bad_input_is_one_line_and_writes_nothing(checkpoint, tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    status, _, err = run(["interpolate", checkpoint, "--prompt", "a red circle", *args, "--out", str(out)], capsys)
+    assert status == 1 and err.startswith("m2gan-sample: error:") and len(err.strip().splitlines()) == 1
+    assert message in err, err
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
