@@ -43,5 +43,5 @@ class FinalCheckpoint(ModelCheckpoint):
             {"epoch": trainer.current_epoch, "step": trainer.global_step}, self.CHECKPOINT_NAME_LAST
         )
         path = os.path.join(self.dirpath, os.path.basename(name))
-        trainer.save_checkpoint(path)
         self.last_model_path, self._final_step = path, trainer.global_step
+        self._save_checkpoint(trainer, path)  # also tells the loggers (log_model uploads it)

@@ -76,7 +76,8 @@ def test_log_model_stages_checkpoints_as_model_artifacts_offline(tmp_path, monke
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))  # where W&B stages artifact files
     logger = AutoWandbLogger(save_dir=str(tmp_path / "runs"), log_model=True)
-    checkpoint = FinalCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=-1, every_n_train_steps=2)
+    # No periodic save in 2 batches: only the last.ckpt written as training ends.
+    checkpoint = FinalCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=-1, every_n_train_steps=100)
     trainer = pl.Trainer(
         default_root_dir=tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=logger,
         callbacks=[checkpoint], enable_progress_bar=False, enable_model_summary=False,
@@ -87,5 +88,5 @@ def test_log_model_stages_checkpoints_as_model_artifacts_offline(tmp_path, monke
     artifacts = [r["artifact"] for r in inspect_run(run_folder) if r.get("type") == "artifact"]
     models = [a for a in artifacts if a["type"] == "model"]
     assert models, f"no model artifact among {[a['type'] for a in artifacts]}"
-    staged = [Path(e["local_path"]) for a in models for e in a["manifest"]["contents"]]
-    assert staged and all(p.is_file() and p.stat().st_size > 0 for p in staged)  # `wandb sync` uploads these
+    staged = {e["path"]: Path(e["local_path"]) for a in models for e in a["manifest"]["contents"]}
+    assert staged["model.ckpt"].read_bytes() == (tmp_path / "ckpt" / "last.ckpt").read_bytes()  # for `wandb sync`
