@@ -51,6 +51,7 @@ def test_wandb_init_arguments_reach_the_run(monkeypatch, tmp_path):
         assert logger.run_folder == str(tmp_path / "m2gan" / "probe42")
     finally:
         wandb.finish()
+        wandb.teardown()  # stops W&B's service, which later child processes would otherwise inherit
 
 
 def test_evaluation_metrics_keep_their_best_value_in_the_summary():

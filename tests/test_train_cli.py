@@ -37,6 +37,9 @@ TINY = [
 
 def run_train(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     environment = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), **(env or {})}
+    # A W&B service started by an earlier test in this process must not serve the child: some
+    # wandb versions would then write the child's run files relative to the service's own folder.
+    environment.pop("WANDB_SERVICE", None)
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *args],
         cwd=cwd,
@@ -194,6 +197,4 @@ def test_print_config_with_comments_carries_each_options_help(tmp_path):
     lines = result.stdout.splitlines()
     at = lines.index("  noise_dim: 64")  # the model section's option, with its docstring's line just above
     assert lines[at - 1].startswith("  # Width of the generator's noise vector.")
-    at = next(i for i, line in enumerate(lines) if line.strip() == "every_n_batches: 1000")
-    assert lines[at - 1].strip().startswith("# Interval in training batches.")  # a callback's help too
     assert not list(tmp_path.iterdir()), "printing the config wrote files"

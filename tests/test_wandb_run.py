@@ -85,6 +85,7 @@ def test_log_model_stages_checkpoints_as_model_artifacts_offline(tmp_path, monke
     trainer.fit(tiny_model, datamodule)
     run_folder = Path(logger.experiment.dir).parent
     wandb.finish()
+    wandb.teardown()
     artifacts = [r["artifact"] for r in inspect_run(run_folder) if r.get("type") == "artifact"]
     models = [a for a in artifacts if a["type"] == "model"]
     assert models, f"no model artifact among {[a['type'] for a in artifacts]}"
