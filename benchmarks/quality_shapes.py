@@ -19,6 +19,11 @@
    objects' colour and shape and their relation right.
 6. With ``--held-out``, some (colour, shape) combinations never appear in training; the test
    captions are split into scenes that show one and the rest, and both are judged.
+7. Text–image consistency without ground truth: R-precision (100 candidates) of the same drawn
+   images in the eyes of the dual-encoder evaluator trained on the run's own training data
+   (:mod:`m2gan.eval.evaluator`), next to the judge's verdicts, and whether the two rank the
+   snapshots and the variants alike. Also what the evaluator costs: its training (once per
+   data) and one evaluation as ``callbacks.TextImageConsistency`` runs it.
 
 ``--variant NAME=ARGS`` (repeatable) trains several variants in one run, one after the other, each
 for the same wall-clock budget, and judges them alike with the same judges and captions.
@@ -47,6 +52,7 @@ import torch
 
 from m2gan.cli import main as cli_main
 from m2gan.data.shapes import ShapesDataset, named_attributes, named_relation, parse_combinations
+from m2gan.eval import evaluator as ev
 from m2gan.eval.bleu import corpus_bleu
 from m2gan.eval.shapes_judge import (
     ATTRIBUTES,
@@ -221,6 +227,7 @@ def main() -> None:
         "single": (test, "single", split_by_combination(test, args.held_out, args.eval_images)),
         "pair": (pairs, "pair", split_by_combination(pairs, args.held_out, args.pair_images)),
     }
+    consistency = Consistency(runs[0][1], tests, quick=args.quick)
     rows = []
     for name, model, snapshots in runs:
         for budget, (train_seconds, batches, state) in zip(sorted(args.minutes), snapshots):
@@ -236,6 +243,7 @@ def main() -> None:
                         if kind == "single":  # colour and shape right together: the combination
                             both = {name: labels[name] for name in ("colour", "shape")}
                             row[f"{kind}_{subset}"]["combination"] = accuracy(judge, drawn, both)["all"]
+            row["r_precision"] = consistency.score(model, args.seed)
             single_seen = tests["single"][2][0]
             row["bleu"], row["captions"] = caption_quality(model, test, single_seen, args.bleu_images)
             row["pair_captions"] = pair_caption_accuracy(model, pairs, tests["pair"][2][0])
@@ -288,6 +296,86 @@ def main() -> None:
               + f" {row['bleu']['bleu4']:>7.3f} {row['captions']:>9.1%} {row['pair_seen']['all']:>7.1%}"
               + f" {row['pair_captions']:>13.1%}"
               + (f" {row['single_held']['combination']:>11.1%} {row['pair_held']['all']:>10.1%}" if args.held_out else ""))  # fmt: skip
+    consistency.report(rows, runs[0][1])
+
+
+class Consistency:
+    """R-precision of the judged captions' images in the evaluator's eyes (step 7)."""
+
+    def __init__(self, model, tests: dict, quick: bool) -> None:
+        self.recipe = ev.EvaluatorRecipe(**({"pool_size": 500, "steps": 50} if quick else {}))
+        train = model.trainer.datamodule.datasets["train"]
+        start = time.perf_counter()
+        self.evaluator, self.tokenizer, _ = ev.load_evaluator(
+            ev.evaluator_file(train, model.tokenizer, model.hparams.resolution, self.recipe)
+        )
+        self.load_seconds = time.perf_counter() - start
+        self.sets, self.real = {}, {}
+        for kind, (dataset, _, (seen, _)) in tests.items():  # the judged captions, and their real images
+            captions = [dataset.caption(i) for i in seen]
+            if len(set(captions)) < 100:
+                continue
+            self.sets[kind] = (captions, ev.candidate_sets(captions, 100, seed=0))
+            images = torch.stack([dataset.image(i) for i in seen])
+            text = ev.embed_captions(self.evaluator, self.tokenizer, captions)
+            self.real[kind] = (text, ev.r_precision(ev.embed_images(self.evaluator, images), text, self.sets[kind][1]))
+
+    def score(self, model, seed: int) -> dict[str, float]:
+        scores = {}
+        for kind, (captions, sets) in self.sets.items():
+            drawn = ev.embed_images(self.evaluator, generate(model, captions, seed))
+            scores[kind] = ev.r_precision(drawn, self.real[kind][0], sets)
+        return scores
+
+    def report(self, rows: list[dict], model) -> None:
+        """Print R-precision beside the judge, whether they rank alike, and what the evaluator costs."""
+        if "single" not in self.sets:
+            print("\nR-precision: fewer than 100 distinct judged captions; skipped")
+            return
+        print("\nR-precision (100 candidates, chance 1.0%) beside the judge, same drawn images; "
+              f"evaluator's own on the real images: single {self.real['single'][1]:.1%}"
+              + (f", pairs {self.real['pair'][1]:.1%}" if "pair" in self.real else ""))  # fmt: skip
+        print(
+            f"{'variant':<12} {'minutes':>7} {'batches':>8} {'judge all':>9} {'R-prec':>7} {'pairs judge':>11} {'R-prec':>7}"
+        )
+        for row in rows:
+            pair = f"{row['pair_seen']['all']:>11.1%} {row['r_precision']['pair']:>7.1%}" if "pair" in self.sets else ""
+            print(f"{row['variant']:<12} {row['budget']:>7g} {row['batches']:>8} {row['single_seen']['all']:>9.1%} "
+                  f"{row['r_precision']['single']:>7.1%} {pair}")  # fmt: skip
+        judge = [row["single_seen"]["all"] for row in rows]
+        rprec = [row["r_precision"]["single"] for row in rows]
+        by_variant: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            by_variant.setdefault(row["variant"], []).append(i)
+        for variant, indices in by_variant.items():
+            print(f"{variant}: snapshots ranked alike by the judge and R-precision: "
+                  f"{same_order([judge[i] for i in indices], [rprec[i] for i in indices])}")  # fmt: skip
+        finals = [indices[-1] for indices in by_variant.values()]
+        if len(finals) > 1:
+            print(
+                f"final snapshots of the variants ranked alike: {same_order([judge[i] for i in finals], [rprec[i] for i in finals])}"
+            )
+        # What the default job pays: training the evaluator once, then each validation's evaluation.
+        train = model.trainer.datamodule.datasets["train"]
+        start = time.perf_counter()
+        ev.train_evaluator(*ev.training_pairs(train, self.recipe.pool_size), model.tokenizer, self.recipe)
+        train_seconds = time.perf_counter() - start
+        captions = self.sets["single"][0]
+        start = time.perf_counter()
+        ev.embed_images(self.evaluator, generate(model, captions, 0))
+        ev.embed_images(self.evaluator, model.ema.generate(captions[:50], num_images=8, seed=0, batch_size=256))
+        eval_seconds = time.perf_counter() - start
+        print(
+            f"evaluator cost: training {train_seconds:.1f} s once per data (cached), one evaluation of "
+            f"{len(captions)} captions + 50 x 8 for diversity {eval_seconds:.1f} s"
+        )
+
+
+def same_order(a: list[float], b: list[float]) -> str:
+    """ "yes" when every pair of entries that ``a`` orders strictly, ``b`` orders the same way (ties in ``b`` count against)."""
+    pairs = [(i, j) for i in range(len(a)) for j in range(i + 1, len(a)) if a[i] != a[j]]
+    agree = sum((a[i] - a[j]) * (b[i] - b[j]) > 0 for i, j in pairs)
+    return f"{'yes' if agree == len(pairs) else 'no'} ({agree} of {len(pairs)} pairs)"
 
 
 def caption_quality(model, test: ShapesDataset, indices: list[int], bleu_images: int) -> tuple[dict[str, float], float]:

@@ -3,8 +3,9 @@
 from callbacks.attribute_accuracy import AttributeAccuracy
 from callbacks.caption_bleu import CaptionBLEU
 from callbacks.checkpoint import FinalCheckpoint
+from callbacks.consistency import TextImageConsistency
 from callbacks.fid import FID
 from callbacks.image_writer import ImageWriter
 from callbacks.sample_grid import SampleGrid
 
-__all__ = ["FID", "AttributeAccuracy", "CaptionBLEU", "FinalCheckpoint", "ImageWriter", "SampleGrid"]
+__all__ = ["FID", "AttributeAccuracy", "CaptionBLEU", "FinalCheckpoint", "ImageWriter", "SampleGrid", "TextImageConsistency"]

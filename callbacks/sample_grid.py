@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
 
 from callbacks.schedule import validation_dataset
-from m2gan.grid import prompt_grid
+from m2gan.grid import attention_grid, prompt_grid, stacked
 from m2gan.loggers import run_dir
 
 
@@ -21,7 +21,9 @@ class SampleGrid(pl.Callback):
 
     * ``samples``: one image per prompt (its row of samples), the prompt as caption;
     * ``sample_table``: one row per prompt — the prompt, its samples, and what the EMA captioner
-      reads in each of them (so text → image → text can be eyeballed).
+      reads in each of them (so text → image → text can be eyeballed);
+    * ``attention_maps`` (word-attention generators only): for the first sample of each prompt,
+      where each word acted at each attention stage (also ``batch_XXXXXXX_attention.png``).
 
     Both are logged at the number of batches trained, the step of every W&B panel. The same goes
     to disk for offline users: ``<run folder>/samples/batch_XXXXXXX.png`` with the prompts written
@@ -101,10 +103,16 @@ class SampleGrid(pl.Callback):
             }
             for i, p in enumerate(self.prompts)
         ]
+        attention = []
+        if pl_module.ema.has_word_attention:  # the first sample of each prompt, word by word
+            records = pl_module.ema.attention_maps(self.prompts, num_images=n, seed=self.seed)[::n]
+            attention = [attention_grid(r.image, r.words, r.maps, 2 * self.scale) for r in records]
         try:
             folder = os.path.join(run_dir(trainer), "samples")
             os.makedirs(folder, exist_ok=True)
             prompt_grid(images, self.prompts, self.scale).save(os.path.join(folder, f"batch_{step:07d}.png"))
+            if attention:
+                stacked(attention).save(os.path.join(folder, f"batch_{step:07d}_attention.png"))
             with open(os.path.join(folder, f"batch_{step:07d}.jsonl"), "w", encoding="utf-8") as file:
                 for row in rows:
                     file.write(json.dumps({"prompt": row["prompt"], "captions": row["captions"]}) + "\n")
@@ -113,16 +121,18 @@ class SampleGrid(pl.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 try:
-                    self._log_wandb(logger, rows, step)
+                    self._log_wandb(logger, rows, step, attention)
                 except Exception as error:  # noqa: BLE001 - a logging failure must not stop training
                     warnings.warn(f"could not log the samples to W&B: {error}", stacklevel=1)
 
     @staticmethod
-    def _log_wandb(logger: WandbLogger, rows: list[dict], step: int) -> None:
+    def _log_wandb(logger: WandbLogger, rows: list[dict], step: int, attention: list) -> None:
         import wandb
 
         prompts = [row["prompt"] for row in rows]
         logger.log_image(key="samples", images=[row["grid"] for row in rows], caption=prompts, step=step)
+        if attention:
+            logger.log_image(key="attention_maps", images=attention, caption=prompts, step=step)
         logger.log_table(
             key="sample_table",
             columns=["prompt", "samples", "captions of the samples"],

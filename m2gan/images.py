@@ -26,6 +26,11 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.float().add(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images in [0, 255] → float in [-1, 1]; float images are returned as float, unchanged."""
+    return images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode as 8-bit RGB: 16-bit grey scaled down (not clipped), transparency over white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -144,7 +149,7 @@ def prepare_images(images: torch.Tensor | Sequence[ImageInput] | ImageInput, res
         raise ValueError(f"images must be RGB, shaped (N, 3, H, W) or (3, H, W); got {tuple(images.shape)}")
     if min(images.shape[-2:]) < MIN_SIDE:
         raise ValueError(f"images are {images.shape[-1]}x{images.shape[-2]} pixels; each side needs {MIN_SIDE}")
-    images = images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
+    images = to_float(images)
     if not torch.isfinite(images).all():
         raise ValueError("images hold NaN or infinite values")
     height, width = images.shape[-2:]

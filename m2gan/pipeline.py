@@ -89,6 +89,19 @@ class PipelineConfig(SettingsGroup):
 MAX_SEED = 2**63 - 1
 
 
+@dataclass(frozen=True)
+class WordAttention:
+    """One generated image and where each word of its prompt acted on it (:meth:`SamplingPipeline.attention_maps`)."""
+
+    image: torch.Tensor
+    """uint8 (3, H, W)."""
+    prompt: str
+    words: list[str]
+    """The prompt's words as the model read them (unknown ones as ``[UNK]``)."""
+    maps: dict[int, torch.Tensor]
+    """Per attention stage (feature-map side): (len(words), side, side), each word's map summing to 1."""
+
+
 def whole_number(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
     """``value`` as an int if it is a whole number (not a bool) in [minimum, maximum]; else a ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -337,6 +350,47 @@ class SamplingPipeline(nn.Module):
         """Images for each noise row of ``z`` (N, noise_dim) and one prompt's features (1, S), (1, L, W), (1, L)."""
         n = z.shape[0]
         return self.draw(z, sentence.expand(n, -1), words.expand(n, -1, -1), padding.expand(n, -1))
+
+    @property
+    def has_word_attention(self) -> bool:
+        """Whether the generator attends to the caption's words (``word_attention_sides``)."""
+        return len(self.generator.attention) > 0
+
+    @torch.inference_mode()
+    def attention_maps(
+        self, prompts: Sequence[str], num_images: int = 1, seed: int = 0, truncation: float | None = None
+    ) -> list[WordAttention]:
+        """Where each word of a prompt acted on its image, at each word-attention stage of the generator.
+
+        The images are ``generate(prompts, num_images, seed, truncation)``'s, in its order. A word's
+        map is its attention weight at every position of the stage's feature map, normalised to sum
+        to one over the positions; ``[BOS]``, ``[EOS]`` and padding have no map.
+
+        Raises:
+            ValueError: the generator has no word attention (``word_attention_sides`` is empty).
+        """
+        if not self.has_word_attention:
+            raise ValueError("this generator has no word attention (word_attention_sides is empty): nothing to map")
+        tokens = self.encode_prompts(prompts)  # (P, L)
+        num_images = whole_number("num_images", num_images, 1)
+        seed = whole_number("seed", seed, 0, MAX_SEED)
+        rows = tokens.shape[0] * num_images
+        z = self.noise(rows, torch.Generator().manual_seed(seed), truncation)  # generate's noise
+        row_tokens = tokens.repeat_interleave(num_images, dim=0).to(self.device)  # (N, L)
+        words, sentence = self.text_encoder(row_tokens)
+        weights: dict[int, torch.Tensor] = {}
+        images = to_uint8(self.generator(z, sentence, words, row_tokens == PAD_ID, attention_maps=weights)).cpu()
+        tokenizer, special = self._require_tokenizer(), torch.tensor([PAD_ID, BOS_ID, EOS_ID])
+        maps = []
+        for n in range(rows):
+            keep = ~torch.isin(row_tokens[n].cpu(), special)  # (L,) the prompt's words
+            per_stage = {}
+            for side, w in weights.items():  # w: (N, side * side, L)
+                word_maps = w[n].T[keep].float().cpu()  # (words, side * side)
+                per_stage[side] = (word_maps / word_maps.sum(1, keepdim=True)).view(-1, side, side)
+            ids = row_tokens[n].cpu()[keep].tolist()
+            maps.append(WordAttention(images[n], prompts[n // num_images], tokenizer.words(ids), per_stage))
+        return maps
 
     @torch.inference_mode()
     def generate_rows(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:

@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0, help="noise seed: same seed, same images (same device)")
     generate.add_argument("--truncation", type=float, default=None, help="truncate the noise to ±this (off)")
     generate.add_argument("--grid", action="store_true", help="also write grid.png, the prompt above each row")
+    generate.add_argument(
+        "--attention-maps",
+        action="store_true",
+        help="also write attention/<image>.png: where each word acted, per attention stage (word-attention generators)",
+    )
     generate.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
 
     interpolate = commands.add_parser(
@@ -111,6 +116,10 @@ def run_generate(args: argparse.Namespace, model) -> str:
     total = len(prompts) * args.num_images
     if args.grid and total > MAX_GRID_IMAGES:
         raise ValueError(f"--grid: {total} images are too many for one grid image (at most {MAX_GRID_IMAGES})")
+    if args.attention_maps and not model.has_word_attention:
+        raise ValueError("--attention-maps: this model's generator has no word attention (model.word_attention_sides)")
+    if args.attention_maps and total > MAX_GRID_IMAGES:
+        raise ValueError(f"--attention-maps: {total} images are too many to map (at most {MAX_GRID_IMAGES})")
     chunks = model.generate_chunks(prompts, args.num_images, args.seed, args.truncation, args.batch_size)
     kept = []
     with staged_folder(args.out) as folder, tqdm(total=total, unit="img", disable=total <= args.batch_size) as bar:
@@ -126,8 +135,23 @@ def run_generate(args: argparse.Namespace, model) -> str:
         if args.grid:
             images = torch.cat(kept)
             prompt_grid(images, prompts, scale=max(1, 128 // images.shape[-1])).save(folder / "grid.png")
+        if args.attention_maps:
+            write_attention_maps(folder, model, prompts, args)
     note = f" ({skipped} blank lines skipped)" if skipped else ""
     return f"wrote {total} images for {len(prompts)} prompts{note} to {args.out}"
+
+
+def write_attention_maps(folder: Path, model, prompts: list[str], args: argparse.Namespace) -> None:
+    """``attention/<image name>.png`` for each generated image: the image, then each word's map per stage."""
+    from m2gan.grid import attention_grid
+    from m2gan.outputs import image_name
+
+    (folder / "attention").mkdir()
+    for row, record in enumerate(model.attention_maps(prompts, args.num_images, args.seed, args.truncation)):
+        i, k = divmod(row, args.num_images)
+        scale = max(1, 128 // record.image.shape[-1])
+        grid = attention_grid(record.image, record.words, record.maps, scale)
+        grid.save(folder / "attention" / image_name(i, k, len(prompts), args.num_images))
 
 
 def run_interpolate(args: argparse.Namespace, model) -> str:

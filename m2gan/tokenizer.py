@@ -119,6 +119,10 @@ class CaptionTokenizer:
             rows.append(row + [self.pad_id] * (self.max_length - len(row)))
         return torch.tensor(rows, dtype=torch.long).reshape(len(rows), self.max_length)
 
+    def words(self, ids: Sequence[int]) -> list[str]:
+        """The token of each id, special tokens included (``[PAD]``, ``[UNK]``, …)."""
+        return [self._tokenizer.id_to_token(int(i)) for i in ids]
+
     def decode(self, ids: torch.Tensor | Sequence[int]) -> str:
         """Decode one row of token ids, stopping at ``[EOS]`` and dropping special tokens."""
         words = []

@@ -19,7 +19,7 @@ OWN_PROCESS = {"quality_shapes.py", "sampling_speed.py", "step_breakdown.py"}  #
 # Extra arguments that keep the smoke run short where --quick alone still trains for a while.
 EXTRA = {
     "quality_shapes.py": [
-        *("--minutes", "0.1", "--eval-images", "50", "--bleu-images", "32", "--pair-images", "32"),
+        *("--minutes", "0.1", "--eval-images", "120", "--bleu-images", "32", "--pair-images", "32"),
         *(
             "--held-out",
             "purple triangle",

@@ -21,8 +21,9 @@ def steps_of(rows: list[dict], prefix: str) -> list[int]:
 
 @pytest.mark.slow
 def test_one_step_axis_and_a_resumed_run_continues_it(tmp_path):
-    # 3 batches (max_steps counts optimizer steps, two per batch); validation every 2 batches; train/* every batch.
-    args = [*TINY, "--trainer.log_every_n_steps=1"]
+    # 3 batches (max_steps counts optimizer steps, two per batch); validation every 2 batches; train/* every
+    # batch; 200 validation captions, enough for R-precision's 100 candidates.
+    args = [*TINY, "--trainer.log_every_n_steps=1", "--data.val_size=200"]
     first = run_train(["fit", *args, "--trainer.max_steps=6"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     (run_folder,) = tmp_path.glob("runs/m2gan/*")
@@ -33,6 +34,8 @@ def test_one_step_axis_and_a_resumed_run_continues_it(tmp_path):
     assert steps_of(rows, "val/bleu4") == [2]  # Lightning's validation, on the same axis
     assert steps_of(rows, "samples.") == [3] and steps_of(rows, "sample_table.") == [3]  # the grid at the end
     assert steps_of(rows, "captions.") == [2]  # the caption table of the validation at batch 2
+    for name in ("val/r_precision", "val/r_precision_real", "val/diversity", "val/diversity_real"):
+        assert steps_of(rows, name) == [2], name
     axes = [
         r["metric"] for r in inspect_run(part1) if r.get("type") == "metric" and r["metric"].get("glob_name") == "*"
     ]

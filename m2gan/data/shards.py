@@ -97,6 +97,11 @@ class CaptionShards(IterableDataset):
             raise ValueError("no shards given")
         self.resolution, self.augment, self.flip, self.shuffle_buffer = resolution, augment, flip, shuffle_buffer
 
+    @property
+    def fingerprint(self) -> str:
+        """What the stream is made of; caches of derived data (the evaluator) are keyed by it."""
+        return f"webdataset:{','.join(self.urls)}:res={self.resolution}:augment={self.augment}"
+
     def raw_samples(self):
         """The raw samples this process (rank and worker) reads: its own shards only."""
         import webdataset as wds

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from m2gan.atomic import atomic_path
 from m2gan.cache import cache_root, key_digest
 from m2gan.data.shapes import COLOURS, SHAPES, SIZES, Scene, ShapeObject, ShapesDataset, relation
+from m2gan.images import to_float
 from m2gan.networks import AttributeClassifier
 
 ATTRIBUTES = {"shape": len(SHAPES), "colour": len(COLOURS), "size": len(SIZES), "position": 9}
@@ -102,8 +103,7 @@ def accuracy(
     ``images`` are float in [-1, 1] or uint8 in [0, 255], (N, 3, H, W).
     """
     classifier.eval()
-    if images.dtype == torch.uint8:
-        images = images.float() / 127.5 - 1
+    images = to_float(images)
     device = next(classifier.parameters()).device
     right = {name: torch.zeros(images.shape[0], dtype=torch.bool) for name in labels}
     for start in range(0, images.shape[0], batch_size):

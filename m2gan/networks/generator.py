@@ -133,11 +133,13 @@ class Generator(nn.Module):
         sentence: torch.Tensor,
         words: torch.Tensor | None = None,
         padding: torch.Tensor | None = None,
+        attention_maps: dict[int, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Generate images (B, 3, resolution, resolution) from ``z`` (B, noise_dim) and ``sentence`` (B, D).
 
         ``words`` (B, L, word_dim) and their ``padding`` mask (B, L, True where ignored) are read by
-        the attention stages, if any.
+        the attention stages, if any. A dict passed as ``attention_maps`` receives each stage's
+        attention weights, ``{side: (B, side * side, L)}`` (each position's weights over the words).
         """
         if self.attention and (words is None or padding is None):
             raise ValueError("this generator attends to words: pass words and padding")
@@ -147,5 +149,7 @@ class Generator(nn.Module):
             x = block(x, cond)  # side doubles each block
             attention = self.attention[str(x.shape[-1])] if str(x.shape[-1]) in self.attention else None
             if attention is not None:
+                if attention_maps is not None:
+                    attention_maps[x.shape[-1]] = attention.weights(x, words, padding)
                 x = attention(x, words, padding)
         return torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))

@@ -1,0 +1,79 @@
+"""Dual encoder: images and captions embedded in one space where matching pairs lie close.
+
+A small CLIP-style model trained from scratch on a run's own training pairs. M2GAN uses it as an
+*evaluator* (R-precision, per-prompt diversity) that is independent of the discriminator, which is
+trained against the generator and would be a biased judge of it. It is not a pretrained CLIP or
+DAMSM: its numbers compare runs on the same data, not with papers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from m2gan.networks.text_encoder import TextEncoder
+
+
+class DualEncoder(nn.Module):
+    """Image encoder (a small CNN) and caption encoder (a one-layer transformer), unit-norm outputs.
+
+    Args:
+        vocab_size: Token ids of the tokenizer whose captions it reads.
+        max_length: Longest token sequence.
+        dim: Width of the shared embedding space.
+        channels: Channels of the image encoder's three convolution stages.
+        text_width: Width of the caption encoder.
+        temperature: Initial softmax temperature of the contrastive loss (learned from there).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        max_length: int,
+        dim: int = 64,
+        channels: tuple[int, int, int] = (32, 64, 128),
+        text_width: int = 64,
+        temperature: float = 0.07,
+    ) -> None:
+        super().__init__()
+        c1, c2, c3 = channels
+        self.image_encoder = nn.Sequential(
+            nn.Conv2d(3, c1, 3, padding=1),
+            nn.BatchNorm2d(c1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.BatchNorm2d(c2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c2, c3, 3, padding=1),
+            nn.BatchNorm2d(c3),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),  # (B, c3 * 16): a coarse layout, so "left" and "top" can be read
+            nn.Linear(c3 * 16, dim),
+        )
+        self.text_encoder = TextEncoder(vocab_size, max_length, text_width, sentence_dim=dim, num_layers=1)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit embeddings (B, dim) of images (B, 3, H, W) in [-1, 1]."""
+        return F.normalize(self.image_encoder(images), dim=-1)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Unit embeddings (B, dim) of token ids (B, L)."""
+        return F.normalize(self.text_encoder(tokens)[1], dim=-1)
+
+    def loss(self, images: torch.Tensor, tokens: torch.Tensor, same_text: torch.Tensor | None = None) -> torch.Tensor:
+        """Symmetric InfoNCE over a batch of matching pairs; ``same_text`` (B, B) masks out other
+        pairs whose caption is identical to a row's own, which are not negatives."""
+        logits = self.log_scale.exp().clamp(max=100) * self.encode_images(images) @ self.encode_text(tokens).T
+        if same_text is not None:
+            logits = logits.masked_fill(
+                same_text & ~torch.eye(len(logits), dtype=torch.bool, device=logits.device), float("-inf")
+            )
+        target = torch.arange(len(logits), device=logits.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2

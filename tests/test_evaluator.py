@@ -1,0 +1,152 @@
+"""The dual-encoder evaluator: R-precision at chance for mismatched pairs and at its ceiling for real
+ones, diversity zero for a generator that ignores its noise, cached by the data it learned from,
+and the callback that logs them."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from callbacks import TextImageConsistency
+from m2gan.data import CaptionDataModule
+from m2gan.data.shapes import ShapesDataset
+from m2gan.eval import evaluator as ev
+from m2gan.tokenizer import CaptionTokenizer
+
+RECIPE = ev.EvaluatorRecipe(pool_size=1500, steps=300)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """An evaluator trained on 1,500 shapes pairs (seconds), with 500 validation pairs to score."""
+    train = ShapesDataset("train", 1500, 32, seed=0)
+    val = ShapesDataset("val", 500, 32, seed=0)
+    tokenizer = CaptionTokenizer.fit([train.caption(i) for i in range(1500)])
+    images, captions = ev.training_pairs(train, RECIPE.pool_size)
+    model = ev.train_evaluator(images, captions, tokenizer, RECIPE)
+    real = torch.stack([val.image(i) for i in range(len(val))])
+    texts = [val.caption(i) for i in range(len(val))]
+    return model, tokenizer, real, texts
+
+
+def test_r_precision_is_chance_for_shuffled_pairs_and_high_for_real_ones(trained):
+    model, tokenizer, real, texts = trained
+    sets = ev.candidate_sets(texts, 100, seed=0)
+    assert (sets[:, 0] == torch.arange(len(texts))).all()
+    assert all(texts[j] != texts[i] for i, row in enumerate(sets.tolist()) for j in row[1:])  # other texts only
+    images, captions = ev.embed_images(model, real), ev.embed_captions(model, tokenizer, texts)
+    ceiling = ev.r_precision(images, captions, sets)
+    shuffled = ev.r_precision(
+        images[torch.randperm(len(texts), generator=torch.Generator().manual_seed(1))], captions, sets
+    )
+    assert ceiling > 0.5, ceiling  # chance is 0.01
+    assert shuffled < 0.035, shuffled  # 0.01 plus three standard deviations of 500 draws
+
+
+def test_diversity_is_zero_when_the_noise_is_ignored(trained):
+    model, _, real, _ = trained
+    same = ev.embed_images(model, real[:10].repeat_interleave(8, dim=0)).view(10, 8, -1)
+    assert ev.diversity(same) == pytest.approx(0.0, abs=1e-5)
+    assert ev.diversity(ev.embed_images(model, real[:80]).view(10, 8, -1)) > 0.3
+
+
+def test_the_evaluator_is_cached_by_its_data_and_reused(tmp_path, monkeypatch):
+    data = ShapesDataset("train", 200, 32, seed=0)
+    tokenizer = CaptionTokenizer.fit([data.caption(i) for i in range(200)])
+    small = ev.EvaluatorRecipe(pool_size=64, steps=2)
+    path = ev.evaluator_file(data, tokenizer, 32, small, tmp_path)
+    monkeypatch.setattr(ev, "train_evaluator", lambda *args: pytest.fail("retrained a cached evaluator"))
+    assert ev.evaluator_file(data, tokenizer, 32, small, tmp_path) == path
+    model, read_tokenizer, resolution = ev.load_evaluator(path)
+    assert resolution == 32 and model.image_encoder[0].out_channels == small.channels[0]
+    assert read_tokenizer == tokenizer
+    key = ev.evaluator_key
+    other_data = ShapesDataset("train", 200, 32, seed=1)
+    held_out = ShapesDataset("train", 200, 32, seed=0, held_out=["red circle"])
+    other_words = CaptionTokenizer.fit([data.caption(i) for i in range(50)])
+    keys = {
+        key(data.fingerprint, tokenizer, 32, small),
+        key(other_data.fingerprint, tokenizer, 32, small),
+        key(held_out.fingerprint, tokenizer, 32, small),
+        key(data.fingerprint, other_words, 32, small),
+        key(data.fingerprint, tokenizer, 64, small),
+        key(data.fingerprint, tokenizer, 32, RECIPE),
+    }
+    assert len(keys) == 6
+
+
+def test_a_corrupt_evaluator_file_is_one_clear_error(tmp_path):
+    (tmp_path / "bad.safetensors").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="bad.safetensors: not a readable M2GAN evaluator"):
+        ev.load_evaluator(tmp_path / "bad.safetensors")
+
+
+class _Pipeline:
+    """Stands in for the EMA pipeline: draws a caption's real image (or one image for every caption)."""
+
+    def __init__(self, lookup: dict[str, torch.Tensor], ignore_prompt: bool = False, ignore_noise: bool = True):
+        self.lookup, self.ignore_prompt, self.ignore_noise = lookup, ignore_prompt, ignore_noise
+        self.first = next(iter(lookup.values()))
+
+    def generate(self, prompts, num_images=1, seed=0, batch_size=None):
+        images = []
+        for prompt in prompts:
+            image = self.first if self.ignore_prompt else self.lookup[prompt]
+            for k in range(num_images):
+                images.append(image if self.ignore_noise else torch.roll(image, shifts=4 * k, dims=2))
+        return ((torch.stack(images) + 1) * 127.5).round().to(torch.uint8)
+
+
+def test_the_callback_logs_chance_for_a_prompt_blind_generator_and_the_ceiling_for_a_perfect_one(trained, tmp_path):
+    model, tokenizer, _, _ = trained
+    datamodule = CaptionDataModule(batch_size=8, train_size=64, val_size=400, tokenizer_fit_size=300)
+    datamodule.setup("fit")
+    val = datamodule.datasets["val"]
+    lookup = {}
+    for i in range(len(val)):
+        lookup.setdefault(val.caption(i), val[i]["image"])
+    path = tmp_path / "evaluator.safetensors"
+    ev.save_evaluator(model, tokenizer, path, 32)  # with its own tokenizer, not the run's
+    trainer = SimpleNamespace(
+        sanity_checking=False, is_global_zero=True, datamodule=datamodule, val_dataloaders=datamodule.val_dataloader(),
+        strategy=SimpleNamespace(broadcast=lambda values, src: values, barrier=lambda name: None), limit_val_batches=1,
+    )  # fmt: skip
+    results = {}
+    for name, pipeline in {"perfect": _Pipeline(lookup), "blind": _Pipeline(lookup, ignore_prompt=True)}.items():
+        logged = {}
+        module = SimpleNamespace(
+            ema=pipeline, tokenizer=datamodule.tokenizer, device=torch.device("cpu"),
+            hparams=SimpleNamespace(resolution=32), log=lambda key, value, **kwargs: logged.__setitem__(key, value),
+        )  # fmt: skip
+        callback = TextImageConsistency(num_samples=400, diversity_prompts=10, evaluator_weights_path=str(path))
+        callback.setup(trainer, module, "fit")
+        callback.on_validation_epoch_end(trainer, module)
+        results[name] = logged
+    perfect, blind = results["perfect"], results["blind"]
+    assert perfect["val/r_precision"] == pytest.approx(perfect["val/r_precision_real"])  # draws the real images
+    assert perfect["val/r_precision_real"] > 0.3
+    assert blind["val/r_precision"] < 0.04  # one image for every caption: chance, 1 in 100
+    assert perfect["val/diversity"] == pytest.approx(0.0, abs=1e-5)  # the stand-ins ignore their noise
+    assert perfect["val/diversity_real"] > 0.3
+
+
+def test_inside_a_fit_the_evaluator_is_trained_once_and_the_metrics_are_logged(tmp_path, tiny_model, monkeypatch):
+    import pytorch_lightning as pl
+
+    datamodule = CaptionDataModule(batch_size=8, train_size=64, val_size=128, tokenizer_fit_size=300)
+    tiny_model.set_tokenizer(datamodule.tokenizer)
+
+    def run(stage: str) -> dict:
+        callback = TextImageConsistency(num_samples=128, diversity_prompts=4, diversity_images=2, pool_size=64, steps=3)
+        trainer = pl.Trainer(
+            default_root_dir=tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+            callbacks=[callback], enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        )  # fmt: skip
+        (trainer.fit if stage == "fit" else trainer.validate)(tiny_model, datamodule)
+        return dict(trainer.callback_metrics)
+
+    assert {"val/r_precision", "val/r_precision_real", "val/diversity", "val/diversity_real"} <= set(run("fit"))
+    monkeypatch.setattr(ev, "train_evaluator", lambda *args: pytest.fail("retrained a cached evaluator"))
+    assert "val/r_precision" in run("validate")  # the same data: the cached evaluator is read
