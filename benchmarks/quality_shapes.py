@@ -355,6 +355,10 @@ class Consistency:
             print(
                 f"final snapshots of the variants ranked alike: {same_order([judge[i] for i in finals], [rprec[i] for i in finals])}"
             )
+            if "pair" in self.sets:
+                pair_judge = [rows[i]["pair_seen"]["all"] for i in finals]
+                pair_rprec = [rows[i]["r_precision"]["pair"] for i in finals]
+                print(f"... and on two-object scenes: {same_order(pair_judge, pair_rprec)}")
         # What the default job pays: training the evaluator once, then each validation's evaluation.
         train = model.trainer.datamodule.datasets["train"]
         start = time.perf_counter()

@@ -16,8 +16,9 @@ VALIDATION = ["--data.val_size=29", "--trainer.limit_val_batches=1.0"]
 
 
 def _metrics(stdout: str) -> dict[str, float]:
-    """The metric table Lightning prints at the end of ``validate``."""
-    return {name: float(value) for name, value in re.findall(r"^\s*(val/[\w/]+)\s+([-+0-9.eE]+)\s*$", stdout, re.M)}
+    """The metric table Lightning prints at the end of ``validate`` (plain, or drawn with rich's box characters)."""
+    row = r"^[\s│|]*(val/[\w/]+)[\s│|]+([-+0-9.eE]+)[\s│|]*$"
+    return {name: float(value) for name, value in re.findall(row, stdout, re.M)}
 
 
 @pytest.mark.slow
