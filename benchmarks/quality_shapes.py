@@ -353,7 +353,8 @@ class Consistency:
         finals = [indices[-1] for indices in by_variant.values()]
         if len(finals) > 1:
             print(
-                f"final snapshots of the variants ranked alike: {same_order([judge[i] for i in finals], [rprec[i] for i in finals])}"
+                "final snapshots of the variants ranked alike: "
+                + same_order([judge[i] for i in finals], [rprec[i] for i in finals])
             )
             if "pair" in self.sets:
                 pair_judge = [rows[i]["pair_seen"]["all"] for i in finals]
@@ -376,7 +377,7 @@ class Consistency:
 
 
 def same_order(a: list[float], b: list[float]) -> str:
-    """ "yes" when every pair of entries that ``a`` orders strictly, ``b`` orders the same way (ties in ``b`` count against)."""
+    """ "yes" when ``b`` orders every pair that ``a`` orders strictly the same way (ties in ``b`` count against)."""
     pairs = [(i, j) for i in range(len(a)) for j in range(i + 1, len(a)) if a[i] != a[j]]
     agree = sum((a[i] - a[j]) * (b[i] - b[j]) > 0 for i, j in pairs)
     return f"{'yes' if agree == len(pairs) else 'no'} ({agree} of {len(pairs)} pairs)"

@@ -8,4 +8,12 @@ from callbacks.fid import FID
 from callbacks.image_writer import ImageWriter
 from callbacks.sample_grid import SampleGrid
 
-__all__ = ["FID", "AttributeAccuracy", "CaptionBLEU", "FinalCheckpoint", "ImageWriter", "SampleGrid", "TextImageConsistency"]
+__all__ = [
+    "FID",
+    "AttributeAccuracy",
+    "CaptionBLEU",
+    "FinalCheckpoint",
+    "ImageWriter",
+    "SampleGrid",
+    "TextImageConsistency",
+]

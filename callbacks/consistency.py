@@ -84,6 +84,7 @@ class TextImageConsistency(pl.Callback):
         self.recipe = EvaluatorRecipe(pool_size=pool_size, steps=steps)
         self.cache_dir = cache_dir or str(cache_root())
         self.evaluator: torch.nn.Module | None = None
+        self.tokenizer = None  # the evaluator's own, read with it
         self.enabled = True
         self._real: dict | None = None
 

@@ -7,6 +7,7 @@ import os
 import warnings
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from callbacks.schedule import validation_dataset
@@ -25,7 +26,7 @@ class SampleGrid(pl.Callback):
     * ``attention_maps`` (word-attention generators only): for the first sample of each prompt,
       where each word acted at each attention stage (also ``batch_XXXXXXX_attention.png``).
 
-    Both are logged at the number of batches trained, the step of every W&B panel. The same goes
+    All are logged at the number of batches trained, the step of every W&B panel. The same goes
     to disk for offline users: ``<run folder>/samples/batch_XXXXXXX.png`` with the prompts written
     above their rows, and ``batch_XXXXXXX.jsonl`` with the prompts and captions.
     A last grid is drawn when training ends. Failing to write or log warns and never stops training.
@@ -92,8 +93,14 @@ class SampleGrid(pl.Callback):
             return
         if self.prompts is None:
             self.prompts = self.validation_prompts(trainer)
-        images = pl_module.ema.generate(self.prompts, num_images=self.num_images, seed=self.seed)
-        n = self.num_images
+        n, attention = self.num_images, []
+        if pl_module.ema.has_word_attention:  # one generator pass gives the samples and their attention
+            records = pl_module.ema.attention_maps(self.prompts, num_images=n, seed=self.seed)
+            images = torch.stack([r.image for r in records])
+            # the first sample of each prompt, word by word
+            attention = [attention_grid(r.image, r.words, r.maps, 2 * self.scale) for r in records[::n]]
+        else:
+            images = pl_module.ema.generate(self.prompts, num_images=n, seed=self.seed)
         captions = pl_module.ema.caption(images)
         rows = [
             {
@@ -103,10 +110,6 @@ class SampleGrid(pl.Callback):
             }
             for i, p in enumerate(self.prompts)
         ]
-        attention = []
-        if pl_module.ema.has_word_attention:  # the first sample of each prompt, word by word
-            records = pl_module.ema.attention_maps(self.prompts, num_images=n, seed=self.seed)[::n]
-            attention = [attention_grid(r.image, r.words, r.maps, 2 * self.scale) for r in records]
         try:
             folder = os.path.join(run_dir(trainer), "samples")
             os.makedirs(folder, exist_ok=True)

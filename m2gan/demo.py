@@ -20,7 +20,7 @@ MAX_IMAGES = 16
 
 
 def build_demo(model, title: str = "M2GAN"):
-    """The Gradio app for a :class:`~m2gan.pipeline.SamplingPipeline`; its API names are ``/generate`` and ``/caption``."""
+    """The Gradio app for a :class:`~m2gan.pipeline.SamplingPipeline`; API names ``/generate`` and ``/caption``."""
     import gradio as gr
 
     def generate(prompt: str, num_images: float, seed: float, truncation: float):

@@ -371,6 +371,7 @@ class SamplingPipeline(nn.Module):
         """
         if not self.has_word_attention:
             raise ValueError("this generator has no word attention (word_attention_sides is empty): nothing to map")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         tokens = self.encode_prompts(prompts)  # (P, L)
         num_images = whole_number("num_images", num_images, 1)
         seed = whole_number("seed", seed, 0, MAX_SEED)

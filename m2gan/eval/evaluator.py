@@ -88,7 +88,7 @@ def train_evaluator(
 
 
 def save_evaluator(model: DualEncoder, tokenizer: CaptionTokenizer, path: str | os.PathLike, resolution: int) -> None:
-    """Write an evaluator as safetensors, its sizes and the tokenizer it reads captions with in the header (no pickle)."""
+    """Write an evaluator as safetensors (no pickle); the header holds its sizes and the tokenizer it reads with."""
     text = model.text_encoder
     sizes = {
         "vocab_size": text.token_embedding.num_embeddings,
@@ -137,7 +137,7 @@ def evaluator_file(
     dataset, tokenizer: CaptionTokenizer, resolution: int, recipe: EvaluatorRecipe = EvaluatorRecipe(),
     cache_dir: str | os.PathLike | None = None,
 ) -> Path:  # fmt: skip
-    """Path of the evaluator for a training ``dataset`` (with a ``fingerprint``), training and caching it on first use."""
+    """Path of the evaluator for a training ``dataset`` (with a ``fingerprint``); trained and cached on first use."""
     key = evaluator_key(dataset.fingerprint, tokenizer, resolution, recipe)
     path = Path(cache_dir or cache_root()) / "evaluators" / f"dual-encoder-{resolution}px-{key}.safetensors"
     if not path.exists():
