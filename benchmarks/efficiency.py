@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few batches: a smoke run")
     args = parser.parse_args()
     if args.quick:
-        args.batches, args.warmup = 4, 4
+        args.batches, args.warmup = 2, 1
     datamodule, make_model = default_parts()
     batches = take_batches(datamodule, args.warmup + args.batches)
 

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from m2gan.data import CaptionDataModule
 from m2gan.model import M2GAN
+
+def pytest_configure(config):
+    # Under pytest-xdist, the workers share the machine's cores: each worker and every process it
+    # starts (train.py, DDP ranks) computes on its share, so two workers do not fight over threads.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
 
 TINY_MODEL = dict(
     noise_dim=8, text_width=16, sentence_dim=16, g_channels=8, d_channels=8, max_channels=16, embed_dim=16,
@@ -16,8 +28,15 @@ TINY_MODEL = dict(
 
 @pytest.fixture(scope="session")
 def m2gan_cache(tmp_path_factory):
-    """One cache folder for the session: the shapes judge is trained at most once per test run."""
-    return tmp_path_factory.mktemp("m2gan-cache")
+    """One cache folder for the whole test run, shared by pytest-xdist's workers (their temporary
+    folders are siblings): the shapes judge and each evaluator are trained once, by whichever test
+    needs them first, while the others wait for its file (``m2gan.cache.made_once``)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder = root / "m2gan-cache"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @pytest.fixture(autouse=True)

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import IterableDataset
 
 from m2gan.atomic import atomic_path
-from m2gan.cache import cache_root, key_digest
+from m2gan.cache import cache_root, key_digest, made_once
 from m2gan.images import to_float, to_uint8
 from m2gan.networks import DualEncoder
 from m2gan.tokenizer import CaptionTokenizer
@@ -140,10 +140,12 @@ def evaluator_file(
     """Path of the evaluator for a training ``dataset`` (with a ``fingerprint``); trained and cached on first use."""
     key = evaluator_key(dataset.fingerprint, tokenizer, resolution, recipe)
     path = Path(cache_dir or cache_root()) / "evaluators" / f"dual-encoder-{resolution}px-{key}.safetensors"
-    if not path.exists():
+
+    def make(path: Path) -> None:
         images, captions = training_pairs(dataset, recipe.pool_size)
         save_evaluator(train_evaluator(images, captions, tokenizer, recipe), tokenizer, path, resolution)
-    return path
+
+    return made_once(path, make)
 
 
 @torch.no_grad()
