@@ -50,6 +50,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from callbacks.collapse import image_statistics
 from m2gan.cli import main as cli_main
 from m2gan.data.shapes import ShapesDataset, named_attributes, named_relation, parse_combinations
 from m2gan.eval import evaluator as ev
@@ -103,6 +104,16 @@ def parse_args() -> argparse.Namespace:
         help="train one more variant in this run, with these extra train.py fit arguments (repeatable; "
         'e.g. "sentence=" "attention=--model.word_attention_sides=[8,16]"); all are judged alike',
     )
+    parser.add_argument(
+        "--background",
+        choices=["gradient", "black"],
+        default="gradient",
+        help="backgrounds of the shapes data, of its COCO-format copy and of the judges' images; black puts most "
+        "pixels at the bottom of the range (the dark-data collapse case)",
+    )
+    parser.add_argument(
+        "--two-object-prob", type=float, default=0.25, help="share of two-object scenes in the training data"
+    )
     parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="keep the training run here and write a grid of judged samples")
@@ -143,8 +154,10 @@ def train(args: argparse.Namespace, workdir: str, overrides: list[str], coco_roo
     if coco_root is not None:
         configs = (ROOT / "configs" / "sizes" / "cpu-64px.yaml", ROOT / "configs" / "data" / "coco.yaml")
         real_data = [*(f"--config={c}" for c in configs), f"--data.root={coco_root}", "--data.augment=false"]
-    elif args.held_out:
-        real_data = [f"--data.held_out={json.dumps(args.held_out)}"]
+    else:
+        real_data = [f"--data.background={args.background}", f"--data.two_object_prob={args.two_object_prob}"]
+        if args.held_out:
+            real_data.append(f"--data.held_out={json.dumps(args.held_out)}")
     cli = cli_main(
         args.config,
         [
@@ -198,7 +211,8 @@ def main() -> None:
         coco_root = None
         if args.coco_format:  # written once, read by every variant
             coco_root, start = Path(args.out or tmp) / "coco", time.perf_counter()
-            write_coco(coco_root, {"train": args.coco_format, "val": 1000}, resolution=64, held_out=args.held_out)
+            sizes = {"train": args.coco_format, "val": 1000}
+            write_coco(coco_root, sizes, 64, args.held_out, args.background, args.two_object_prob)
             print(f"wrote {args.coco_format} + 1000 COCO-format images in {time.perf_counter() - start:.0f} s")
         for name, _, extra in variants:
             workdir = os.path.join(args.out or tmp, name)
@@ -208,21 +222,23 @@ def main() -> None:
 
     # The judge learns the attributes at the model's resolution, from its own slice of the data.
     start = time.perf_counter()
-    judge = train_judge(JudgeRecipe(resolution=resolution, **({"pool_size": 1000, "steps": 60} if args.quick else {})))
-    val_images, val_labels = labelled_images(ShapesDataset("val", 1000, resolution, seed=99, two_object_prob=0.0), 1000)
+    background = {"background": args.background}
+    quick = {"pool_size": 1000, "steps": 60} if args.quick else {}
+    judge = train_judge(JudgeRecipe(resolution=resolution, **background, **quick))
+    val_images, val_labels = labelled_images(
+        ShapesDataset("val", 1000, resolution, seed=99, two_object_prob=0.0, **background), 1000
+    )
     judge_accuracy = accuracy(judge, val_images, val_labels)
     pair_judge = train_judge(
-        JudgeRecipe(
-            resolution=resolution, kind="pair", **({"pool_size": 1000, "steps": 60} if args.quick else {"steps": 1500})
-        )
+        JudgeRecipe(resolution=resolution, kind="pair", **background, **(quick if args.quick else {"steps": 1500}))
     )
-    pair_val = ShapesDataset("val", 1000, resolution, seed=99, two_object_prob=1.0)
+    pair_val = ShapesDataset("val", 1000, resolution, seed=99, two_object_prob=1.0, **background)
     pair_judge_accuracy = accuracy(pair_judge, *labelled_images(pair_val, 1000, "pair"))
     judge_seconds = time.perf_counter() - start
 
     # Held-out test captions; with --held-out, split into scenes that show a held-out combination and the rest.
-    test = ShapesDataset("test", 10**6, resolution, seed=args.seed, two_object_prob=0.0)
-    pairs = ShapesDataset("test", 10**6, resolution, seed=args.seed, two_object_prob=1.0)
+    test = ShapesDataset("test", 10**6, resolution, seed=args.seed, two_object_prob=0.0, **background)
+    pairs = ShapesDataset("test", 10**6, resolution, seed=args.seed, two_object_prob=1.0, **background)
     tests = {
         "single": (test, "single", split_by_combination(test, args.held_out, args.eval_images)),
         "pair": (pairs, "pair", split_by_combination(pairs, args.held_out, args.pair_images)),
@@ -239,13 +255,16 @@ def main() -> None:
                     if indices:
                         drawn = generate(model, [dataset.caption(i) for i in indices], args.seed)
                         labels = scene_labels(dataset, indices, judge_kind)
+                        if kind == "single" and subset == "seen":  # the collapse alarm's figures, on more images
+                            real = image_statistics(torch.stack([dataset.image(i) for i in indices]))
+                            row["collapse"] = {k: v / real[k] for k, v in image_statistics(drawn).items()}
                         row[f"{kind}_{subset}"] = accuracy(judge_of, drawn, labels)
                         if kind == "single":  # colour and shape right together: the combination
                             both = {name: labels[name] for name in ("colour", "shape")}
                             row[f"{kind}_{subset}"]["combination"] = accuracy(judge, drawn, both)["all"]
             row["r_precision"] = consistency.score(model, args.seed)
             single_seen = tests["single"][2][0]
-            row["bleu"], row["captions"] = caption_quality(model, test, single_seen, args.bleu_images)
+            row["bleu"], row["captions"] = caption_quality(model, test, single_seen, args.bleu_images, args)
             row["pair_captions"] = pair_caption_accuracy(model, pairs, tests["pair"][2][0])
             rows.append(row)
     if args.out:  # samples of each variant's longest run (its last snapshot is loaded)
@@ -286,6 +305,9 @@ def main() -> None:
             ):
                 seen, held = row[f"{kind}_seen"][score], row[f"{kind}_held"][score]
                 print(f"{what}: seen combinations {seen:.1%}, scenes with a held-out one {held:.1%}")
+    print("\ncollapse alarm's figures of the judged single-object images (share of the real images'; under 0.1 is "
+          "a collapse): " + "; ".join(f"{r['variant']} {r['budget']:g} min detail {r['collapse']['detail']:.2f} "
+                                      f"spread {r['collapse']['spread']:.2f}" for r in rows))  # fmt: skip
     print(f"\n{'variant':<12} {'minutes':>7} {'batches':>8} " + " ".join(f"{name:>9}" for name in ATTRIBUTES)
           + f" {'BLEU-4':>7} {'captions':>9} {'pairs':>7} {'pair captions':>13}"
           + (f" {'held single':>11} {'held pairs':>10}" if args.held_out else ""))  # fmt: skip
@@ -383,11 +405,15 @@ def same_order(a: list[float], b: list[float]) -> str:
     return f"{'yes' if agree == len(pairs) else 'no'} ({agree} of {len(pairs)} pairs)"
 
 
-def caption_quality(model, test: ShapesDataset, indices: list[int], bleu_images: int) -> tuple[dict[str, float], float]:
-    """Corpus BLEU on validation images, and how often captions of the ``test`` images at ``indices``
-    name their colour and shape."""
+def caption_quality(
+    model, test: ShapesDataset, indices: list[int], bleu_images: int, args: argparse.Namespace
+) -> tuple[dict[str, float], float]:
+    """Corpus BLEU on validation images (the training data's kind), and how often captions of the
+    ``test`` images at ``indices`` name their colour and shape."""
     data = model.trainer.datamodule.hparams
-    val = ShapesDataset("val", bleu_images, model.hparams.resolution, data.seed, data.two_object_prob)
+    val = ShapesDataset(
+        "val", bleu_images, model.hparams.resolution, data.seed, args.two_object_prob, background=args.background
+    )
     images = torch.stack([val.image(i) for i in range(bleu_images)])
     hypotheses = [c for i in range(0, bleu_images, 256) for c in model.ema.caption(images[i : i + 256])]
     references = [
@@ -405,8 +431,15 @@ def caption_quality(model, test: ShapesDataset, indices: list[int], bleu_images:
     return bleu, sum(right) / len(right)
 
 
-def write_coco(folder: Path, sizes: dict[str, int], resolution: int, held_out: list[str]) -> None:
-    """The shapes data (the data module's default seed and two-object share) as a COCO captions dataset.
+def write_coco(
+    folder: Path,
+    sizes: dict[str, int],
+    resolution: int,
+    held_out: list[str],
+    background: str = "gradient",
+    two_object_prob: float = 0.25,
+) -> None:
+    """The shapes data (the data module's default seed) as a COCO captions dataset.
 
     ``sizes`` maps a split ("train", "val") to its image count; each image gets its 5 reference
     captions, the first being the one the shapes data trains with. The training split shows none
@@ -417,7 +450,8 @@ def write_coco(folder: Path, sizes: dict[str, int], resolution: int, held_out: l
     for split, count in sizes.items():
         images_dir, rows, annotations = folder / f"{split}2017", [], []
         images_dir.mkdir(parents=True)
-        dataset = ShapesDataset(split, count, resolution, held_out=held_out)
+        dataset = ShapesDataset(split, count, resolution, two_object_prob=two_object_prob, held_out=held_out,
+                                background=background)  # fmt: skip
         for i in range(count):
             pixels = ((dataset.image(i) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
             Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(images_dir / f"{i:06d}.png")

@@ -3,6 +3,7 @@
 from callbacks.attribute_accuracy import AttributeAccuracy
 from callbacks.caption_bleu import CaptionBLEU
 from callbacks.checkpoint import FinalCheckpoint
+from callbacks.collapse import CollapseAlarm
 from callbacks.consistency import TextImageConsistency
 from callbacks.fid import FID
 from callbacks.image_writer import ImageWriter
@@ -12,6 +13,7 @@ __all__ = [
     "FID",
     "AttributeAccuracy",
     "CaptionBLEU",
+    "CollapseAlarm",
     "FinalCheckpoint",
     "ImageWriter",
     "SampleGrid",

@@ -25,6 +25,8 @@ T = TypeVar("T")
 RENAMED_MODULES = {"generator_ema.": "ema.generator.", "text_encoder_ema.": "ema.text_encoder.",
                    "captioner_ema.": "ema.captioner."}  # fmt: skip
 """Weight-name prefixes of checkpoints written before the EMA networks became one ``SamplingPipeline``."""
+EARLIER_DEFAULTS = {"generator_output": "tanh"}
+"""Model settings whose default changed, with the value checkpoints that do not save them were trained with."""
 
 
 class CheckpointError(ValueError):
@@ -89,7 +91,7 @@ def model_settings(source: str | os.PathLike, hparams: dict, model_class: type) 
             "load it with the M2GAN version that wrote it"
         )
     defaults = {name: p.default for name, p in signature.items() if p.default is not inspect.Parameter.empty}
-    return {**defaults, **hparams}
+    return {**defaults, **EARLIER_DEFAULTS, **hparams}
 
 
 def valid_settings(source: str | os.PathLike, make: Callable[[], T]) -> T:

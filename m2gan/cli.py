@@ -282,7 +282,7 @@ def main(default_config: str, args: list[str] | None = None) -> M2GANCLI | None:
         print(USAGE)
         return None
     from m2gan.data import CaptionDataModule
-    from m2gan.model import M2GAN, CheckpointMismatch, DivergenceError
+    from m2gan.model import M2GAN, CheckpointMismatch, CollapseError, DivergenceError
 
     defaults = {"default_config_files": [default_config]}
     STARTED_RUNS.clear()
@@ -301,5 +301,5 @@ def main(default_config: str, args: list[str] | None = None) -> M2GANCLI | None:
             raise
         STARTED_RUNS.clear()
         return cli
-    except (FileNotFoundError, CheckpointMismatch, DivergenceError) as error:
+    except (FileNotFoundError, CheckpointMismatch, DivergenceError, CollapseError) as error:
         fail(str(error))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
@@ -25,6 +26,7 @@ from m2gan.batch import CaptionBatch, EvaluationBatch, PromptBatch
 from m2gan.checkpoint_io import (
     RNG_KEY,
     TOKENIZER_KEY,
+    EARLIER_DEFAULTS,
     CheckpointError,
     check_weights,
     load_weights,
@@ -49,6 +51,10 @@ class DivergenceError(RuntimeError):
     """Training produced non-finite losses or gradients for too many consecutive steps."""
 
 
+class CollapseError(RuntimeError):
+    """The generator collapsed (flat or identical images) and the run was asked to stop then."""
+
+
 class M2GAN(pl.LightningModule):
     """Text-conditioned GAN with a multimodal (image-text) discriminator.
 
@@ -61,6 +67,9 @@ class M2GAN(pl.LightningModule):
         sentence_dim: Width of the sentence vector that conditions generator and discriminator.
         text_layers: Transformer layers of the text encoder.
         g_channels: Generator channels at full resolution (doubling as the side halves).
+        generator_output: The generator's last layer: ``"linear"`` (StyleGAN2; clamped only when
+            converted to pixels) or ``"tanh"`` (DF-GAN). A saturated ``tanh`` passes no gradient, and
+            on data with mostly black pixels the generator can end up drawing only black images.
         word_attention_sides: Generator stages (feature-map sides, e.g. ``[8, 16]``) whose features
             attend to the caption's word features through a gate that starts closed; empty = the
             sentence-only generator.
@@ -134,6 +143,7 @@ class M2GAN(pl.LightningModule):
         sentence_dim: int = 64,
         text_layers: int = 1,
         g_channels: int = 16,
+        generator_output: Literal["linear", "tanh"] = "linear",
         word_attention_sides: tuple[int, ...] = (),
         d_channels: int = 16,
         max_channels: int = 64,
@@ -271,6 +281,7 @@ class M2GAN(pl.LightningModule):
         # RNG while it rebuilds the data loaders, which the uninterrupted run did at epoch start.
         self._rng_to_restore = checkpoint.get(RNG_KEY)
         self.set_tokenizer(self._checkpoint_tokenizer(checkpoint, self.tokenizer))
+        self._check_generator_output(checkpoint)
 
     def _checkpoint_tokenizer(self, checkpoint: dict, expected: CaptionTokenizer | None) -> CaptionTokenizer:
         """The checkpoint's tokenizer, if it equals ``expected`` (when given) and fits this model."""
@@ -291,6 +302,17 @@ class M2GAN(pl.LightningModule):
             raise CheckpointMismatch(f"{error}: the checkpoint was trained with another config") from None
         return saved
 
+    def _check_generator_output(self, checkpoint: dict) -> None:
+        """The checkpoint's generator must end as this one does: the same weights draw other images otherwise."""
+        if "hyper_parameters" not in checkpoint:  # not one of Lightning's: nothing to compare with
+            return
+        saved = checkpoint["hyper_parameters"].get("generator_output", EARLIER_DEFAULTS["generator_output"])
+        if saved != self.hparams.generator_output:
+            raise CheckpointMismatch(
+                f"the checkpoint's generator ends in {saved}, this model's in {self.hparams.generator_output}: "
+                f"load it with --model.generator_output {saved}"
+            )
+
     def check_checkpoint(self, path: str | os.PathLike, tokenizer: CaptionTokenizer | None = None) -> None:
         """Check, without loading it, that the checkpoint at ``path`` can resume or evaluate this module.
 
@@ -304,6 +326,7 @@ class M2GAN(pl.LightningModule):
         checkpoint = read_checkpoint(path)
         try:  # the tokenizer first: when the data differs, that is the clearer reason
             self._checkpoint_tokenizer(checkpoint, tokenizer)
+            self._check_generator_output(checkpoint)
         except CheckpointMismatch as error:
             raise CheckpointError(f"{path}: {error}") from None
         self.upgrade_state_dict(checkpoint["state_dict"])

@@ -42,6 +42,7 @@ class PipelineConfig(SettingsGroup):
     captioner_channels: int
     channels_last: bool
     word_attention_sides: tuple[int, ...] = ()  # absent from exports written before it existed
+    generator_output: str = "tanh"  # absent from exports written before it existed, which all ended in tanh
 
     def __post_init__(self) -> None:  # a list from YAML or JSON, a tuple here: configs compare equal
         object.__setattr__(self, "word_attention_sides", tuple(self.word_attention_sides))
@@ -67,6 +68,7 @@ class PipelineConfig(SettingsGroup):
                 self.max_channels,
                 word_dim=self.text_width,
                 attention_sides=self.word_attention_sides,
+                output=self.generator_output,
             )
         )
 

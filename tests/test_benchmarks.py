@@ -15,7 +15,8 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 HELPERS = {"timing.py", "plain_loop.py"}  # imported by the scripts, not run
-OWN_PROCESS = {"quality_shapes.py", "sampling_speed.py", "step_breakdown.py"}  # W&B keeps process-wide state
+# W&B keeps process-wide state; collapse_trace.py trains through the CLI in its own process.
+OWN_PROCESS = {"quality_shapes.py", "sampling_speed.py", "step_breakdown.py", "collapse_trace.py"}
 # Extra arguments that keep the smoke run short where --quick alone still trains for a while.
 EXTRA = {
     "quality_shapes.py": [

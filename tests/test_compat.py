@@ -42,15 +42,38 @@ def test_old_checkpoints_and_exports_draw_and_caption_as_before(old, source):
     assert pipeline.caption(before) == expected["captions"]
 
 
+# Each network's weights after resuming from the fixture, as a relative L2 distance from the straight
+# run's. Machine noise: the fixture's first 3 batches were summed in another order on the CPU that
+# wrote it (AVX-512 vs AVX2, another oneDNN path), and 13 more GAN batches carry that on; measured
+# on an AVX2 machine, at most 5e-5 (captioner; generator and discriminator 0). Real breaks move some
+# network far more: resuming without the checkpoint's RNG states 0.07 (generator), without its
+# optimizer states 0.04 (discriminator). 1e-3 sits 20x above the one and 30x below the others.
+RESUME_TOLERANCE = 1e-3
+
+
+def relative_distances(model: M2GAN, reference: M2GAN) -> dict[str, float]:
+    """Per network, ||model - reference|| / ||reference|| over all its floating-point weights."""
+    squares: dict[str, list[float]] = {}
+    mine = model.state_dict()
+    for name, value in reference.state_dict().items():
+        if value.is_floating_point():
+            sums = squares.setdefault(name.split(".")[0], [0.0, 0.0])
+            sums[0] += (mine[name] - value).double().pow(2).sum().item()
+            sums[1] += value.double().pow(2).sum().item()
+    return {network: (diff / max(norm, 1e-30)) ** 0.5 for network, (diff, norm) in squares.items()}
+
+
 @pytest.mark.skipif(
     torch.__version__.split("+")[0] != FIXTURE_TORCH,
-    reason=f"bit-identity holds with the kernels that wrote the fixture (torch {FIXTURE_TORCH}); "
-    "another torch sums in another order and a GAN amplifies it",
+    reason=f"the tolerance was measured with the torch that wrote the fixture ({FIXTURE_TORCH}); another "
+    "torch may take other kernels",
 )
 def test_an_old_checkpoint_resumes_to_the_uninterrupted_run(old, tmp_path):
-    straight, _ = _run(tmp_path / "straight")
-    resumed, trainer = _run(tmp_path / "resumed", ckpt_path=str(old / "step=6.ckpt"))
+    straight, _ = _run(tmp_path / "straight", generator_output="tanh")  # as the fixture was trained
+    resumed, trainer = _run(tmp_path / "resumed", ckpt_path=str(old / "step=6.ckpt"), generator_output="tanh")
     assert trainer.global_step == 32
-    for name, value in straight.state_dict().items():
-        assert torch.equal(resumed.state_dict()[name], value), name
+    assert int(resumed.d_steps) == int(straight.d_steps) == 16 and int(resumed.g_steps) == 16
+    distances = relative_distances(resumed, straight)
+    assert set(distances) >= {"text_encoder", "generator", "discriminator", "captioner", "ema"}
+    assert max(distances.values()) <= RESUME_TOLERANCE, distances
     assert int(M2GAN.load(old / "step=6.ckpt").g_steps) == 3

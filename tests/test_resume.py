@@ -17,10 +17,10 @@ from tests.conftest import TINY_MODEL
 SHAPES = {"batch_size": 8, "train_size": 64, "val_size": 16, "test_size": 16, "tokenizer_fit_size": 300}
 
 
-def _run(tmp_path, max_steps=-1, ckpt_path=None, save_every=None, data=SHAPES, final_checkpoint=False):
+def _run(tmp_path, max_steps=-1, ckpt_path=None, save_every=None, data=SHAPES, final_checkpoint=False, **model):
     pl.seed_everything(0, workers=True)
     data = CaptionDataModule(**data)
-    model = M2GAN(vocab_size=data.vocab_size, max_length=data.max_length, **TINY_MODEL)
+    model = M2GAN(vocab_size=data.vocab_size, max_length=data.max_length, **{**TINY_MODEL, **model})
     model.set_tokenizer(data.tokenizer)
     callbacks = []
     if save_every:

@@ -15,7 +15,7 @@ from m2gan.batch import CaptionBatch, EvaluationBatch
 from m2gan.data.captioned import CaptionedImages, Problems, verify_images
 from m2gan.data.formats import coco_records, cub_records, folder_records
 from m2gan.data.sampler import ResumableSampler
-from m2gan.data.shapes import ShapesDataset
+from m2gan.data.shapes import Background, ShapesDataset
 from m2gan.prompts import PromptDataset, read_prompts
 from m2gan.tokenizer import CaptionTokenizer
 
@@ -54,6 +54,8 @@ class CaptionDataModule(pl.LightningDataModule):
         two_object_prob: ``shapes``: probability that a scene holds two objects.
         held_out: ``shapes``: (colour, shape) combinations such as ``"purple triangle"`` that the
             training split never shows (validation and test do): does the model compose words?
+        background: ``shapes``: ``"gradient"`` (random dark gradients) or ``"black"`` (most pixels at
+            the bottom of the range, like many real datasets' dark backgrounds).
         seed: ``shapes``: dataset seed; the same seed gives the same images and captions. Real data:
             seed of the training augmentation (each visit's crop and caption) and of the shuffling.
         augment: Real data: random crop and a random caption per visit for training (evaluation
@@ -88,6 +90,7 @@ class CaptionDataModule(pl.LightningDataModule):
         test_size: int = 512,
         two_object_prob: float = 0.25,
         held_out: tuple[str, ...] = (),
+        background: Background = "gradient",
         seed: int = 0,
         augment: bool = True,
         flip: bool = False,
@@ -131,7 +134,9 @@ class CaptionDataModule(pl.LightningDataModule):
         if hp.format == "shapes":
             sizes = (("train", hp.train_size), ("val", hp.val_size), ("test", hp.test_size))
             return {
-                split: ShapesDataset(split, size, hp.resolution, hp.seed, hp.two_object_prob, hp.held_out)
+                split: ShapesDataset(
+                    split, size, hp.resolution, hp.seed, hp.two_object_prob, hp.held_out, hp.background
+                )
                 for split, size in sizes
             }
         if hp.format == "webdataset":

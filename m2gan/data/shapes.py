@@ -1,7 +1,9 @@
 """The built-in ``shapes`` dataset: procedurally rendered scenes with varied captions.
 
 Each sample is one or two objects (a shape with a colour and a size, in one cell of a 3×3 grid)
-on a background that is a random dark gradient, sometimes with grain. Its caption is drawn from
+on a background that is a random dark gradient, sometimes with grain (or, with
+``background="black"``, plain black: most pixels at the bottom of the range, a known trap for
+generators). Its caption is drawn from
 several templates and synonyms. Everything is a pure function of ``(seed, split, index)``, so the
 dataset needs no download, no disk and no state, and its ground-truth attributes are always known:
 they are what judges a generator trained on it.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,6 +26,7 @@ COLOURS = ("red", "green", "blue", "yellow", "purple", "cyan", "white")
 SIZES = ("small", "large")
 ROWS = ("top", "middle", "bottom")
 COLS = ("left", "centre", "right")
+Background = Literal["gradient", "black"]
 
 # Mean RGB of each colour in [0, 1]; each object jitters around it a little.
 _RGB = {
@@ -141,12 +145,18 @@ def parse_combinations(names: Sequence[str]) -> frozenset[tuple[int, int]]:
 
 
 def sample_scene(
-    seed: int, split: str, index: int, two_object_prob: float, excluded: frozenset[tuple[int, int]] = frozenset()
+    seed: int,
+    split: str,
+    index: int,
+    two_object_prob: float,
+    excluded: frozenset[tuple[int, int]] = frozenset(),
+    background: Background = "gradient",
 ) -> Scene:
     """Draw the scene of one sample; a pure function of its arguments.
 
     An object whose (colour, shape) is ``excluded`` redraws its colour until it is not, so no
     object of the scene shows an excluded combination (a scene without one draws as if none were).
+    A ``"black"`` background draws the same objects as the gradient one, on black without grain.
     """
     rng = _rng(seed, split, index, 0)
     n = 2 if rng.random() < two_object_prob else 1
@@ -165,6 +175,9 @@ def sample_scene(
     tint = rng.uniform(-0.06, 0.06, size=(2, 3))
     start, end = (tuple(np.clip(grey[i] + tint[i], 0, 1).tolist()) for i in range(2))
     grain = float(rng.uniform(0.0, 0.04)) if rng.random() < 0.5 else 0.0
+    if background == "black":
+        start = end = (0.0, 0.0, 0.0)
+        grain = 0.0
     return Scene(objects, (start, end, float(rng.uniform(0, 2 * np.pi)), grain), jitter)
 
 
@@ -288,6 +301,7 @@ class ShapesDataset(Dataset):
         held_out: (colour, shape) combinations such as ``"purple triangle"`` that the training
             split never shows, in any scene or position (its objects redraw their colour); the
             other splits show them, so a model can be asked for what it never saw.
+        background: ``"gradient"`` (dark, random) or ``"black"``; the objects and captions are the same.
     """
 
     def __init__(
@@ -298,6 +312,7 @@ class ShapesDataset(Dataset):
         seed: int = 0,
         two_object_prob: float = 0.25,
         held_out: Sequence[str] = (),
+        background: Background = "gradient",
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -308,7 +323,9 @@ class ShapesDataset(Dataset):
         if not 0.0 <= two_object_prob <= 1.0:
             raise ValueError(f"two_object_prob must lie in [0, 1], got {two_object_prob}")
         self.split, self.size, self.resolution = split, size, resolution
-        self.seed, self.two_object_prob = seed, two_object_prob
+        if background not in ("gradient", "black"):
+            raise ValueError(f"background must be 'gradient' or 'black', got {background!r}")
+        self.seed, self.two_object_prob, self.background = seed, two_object_prob, background
         excluded = parse_combinations(held_out)
         self._excluded = excluded if split == "train" else frozenset()
 
@@ -324,7 +341,8 @@ class ShapesDataset(Dataset):
         return (
             f"shapes(split={self.split}, resolution={self.resolution}, seed={self.seed}, "
             f"two_object_prob={self.two_object_prob}"
-            + (f", excluded={sorted(self._excluded)})" if self._excluded else ")")
+            + (f", excluded={sorted(self._excluded)}" if self._excluded else "")
+            + (f", background={self.background})" if self.background != "gradient" else ")")
         )
 
     def _check(self, index: int) -> int:
@@ -334,7 +352,8 @@ class ShapesDataset(Dataset):
 
     def scene(self, index: int) -> Scene:
         """The scene (objects, background) of sample ``index``: its ground truth."""
-        return sample_scene(self.seed, self.split, self._check(index), self.two_object_prob, self._excluded)
+        index = self._check(index)
+        return sample_scene(self.seed, self.split, index, self.two_object_prob, self._excluded, self.background)
 
     def caption(self, index: int) -> str:
         """The caption paired with sample ``index`` in training."""

@@ -26,8 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from m2gan.atomic import atomic_path
-from m2gan.cache import cache_root, key_digest
-from m2gan.data.shapes import COLOURS, SHAPES, SIZES, Scene, ShapeObject, ShapesDataset, relation
+from m2gan.cache import cache_root, key_digest, made_once
+from m2gan.data.shapes import COLOURS, SHAPES, SIZES, Background, Scene, ShapeObject, ShapesDataset, relation
 from m2gan.images import to_float
 from m2gan.networks import AttributeClassifier
 
@@ -131,6 +131,8 @@ class JudgeRecipe:
     lr: float = 3e-3
     kind: JudgeKind = "single"
     """``"single"``: one-object scenes (:data:`ATTRIBUTES`); ``"pair"``: two-object scenes (:data:`PAIR_ATTRIBUTES`)."""
+    background: Background = "gradient"
+    """The backgrounds it learns on: those of the data it will judge."""
 
 
 def train_judge(recipe: JudgeRecipe = JudgeRecipe()) -> AttributeClassifier:
@@ -142,7 +144,9 @@ def train_judge(recipe: JudgeRecipe = JudgeRecipe()) -> AttributeClassifier:
     generator = torch.Generator().manual_seed(recipe.seed)
     torch.manual_seed(recipe.seed)
     two_objects = 0.0 if recipe.kind == "single" else 1.0
-    pool = ShapesDataset("train", recipe.pool_size, recipe.resolution, recipe.seed, two_object_prob=two_objects)
+    pool = ShapesDataset(
+        "train", recipe.pool_size, recipe.resolution, recipe.seed, two_object_prob=two_objects, background=recipe.background
+    )
     images, labels = labelled_images(pool, recipe.pool_size, recipe.kind)
     classifier = AttributeClassifier(judged(recipe.kind))
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=recipe.lr, weight_decay=1e-4)
@@ -203,6 +207,4 @@ def judge_file(recipe: JudgeRecipe = JudgeRecipe(), cache_dir: str | os.PathLike
     )
     name = f"shapes-{'pair-' if recipe.kind == 'pair' else ''}judge-{recipe.resolution}px-{key}.safetensors"
     path = Path(cache_dir or cache_root()) / "judges" / name
-    if not path.exists():
-        save_judge(train_judge(recipe), path, recipe.resolution)
-    return path
+    return made_once(path, lambda path: save_judge(train_judge(recipe), path, recipe.resolution))

@@ -10,9 +10,16 @@ word features (AttnGAN's word attention, as cross-attention): each position read
 concern it, so "cyan" can act on one object and "red" on another. Each attention enters through a
 learned gate that starts closed, so a stage begins as the sentence-only generator and opens to the
 words as far as training finds them useful.
+
+The last layer is linear by default (StyleGAN2): pixels are clamped to [-1, 1] only when an image
+is converted to pixels. A final ``tanh`` passes almost no gradient where it saturates, and on data
+whose pixels mostly sit at an end of the range (black backgrounds) a generator pushed there stays
+there: it draws black images for the rest of the run.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -87,8 +94,11 @@ class UpBlock(nn.Module):
         return F.interpolate(self.shortcut(x), scale_factor=2.0, mode="nearest") + h
 
 
+Output = Literal["linear", "tanh"]
+
+
 class Generator(nn.Module):
-    """Map noise and a sentence vector to an RGB image in [-1, 1].
+    """Map noise and a sentence vector to an RGB image (in [-1, 1] once clamped).
 
     Args:
         resolution: Output side, a power of two from 32 to 256.
@@ -98,6 +108,8 @@ class Generator(nn.Module):
         max_channels: Cap on channels at low resolution.
         word_dim: Width of the text encoder's word features (needed with ``attention_sides``).
         attention_sides: Feature-map sides (8 … resolution) whose block output attends to the words.
+        output: ``"linear"``: the last convolution's output as it is (values outside [-1, 1] are
+            clamped when converted to pixels); ``"tanh"``: squashed into (-1, 1), as in DF-GAN.
     """
 
     def __init__(
@@ -109,9 +121,12 @@ class Generator(nn.Module):
         max_channels: int = 128,
         word_dim: int = 64,
         attention_sides: tuple[int, ...] = (),
+        output: Output = "linear",
     ) -> None:
         super().__init__()
-        self.resolution, self.noise_dim = resolution, noise_dim
+        if output not in ("linear", "tanh"):
+            raise ValueError(f"generator output must be 'linear' or 'tanh', got {output!r}")
+        self.resolution, self.noise_dim, self.output = resolution, noise_dim, output
         channels = stage_channels(resolution, base_channels, max_channels)
         cond_dim = noise_dim + sentence_dim
         self.start_channels = channels[4]
@@ -137,6 +152,8 @@ class Generator(nn.Module):
     ) -> torch.Tensor:
         """Generate images (B, 3, resolution, resolution) from ``z`` (B, noise_dim) and ``sentence`` (B, D).
 
+        With a linear output, values may leave [-1, 1]: the discriminator sees them as they are.
+
         ``words`` (B, L, word_dim) and their ``padding`` mask (B, L, True where ignored) are read by
         the attention stages, if any. A dict passed as ``attention_maps`` receives each stage's
         attention weights, ``{side: (B, side * side, L)}`` (each position's weights over the words).
@@ -152,4 +169,5 @@ class Generator(nn.Module):
                 if attention_maps is not None:
                     attention_maps[x.shape[-1]] = attention.weights(x, words, padding)
                 x = attention(x, words, padding)
-        return torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))
+        rgb = self.to_rgb(F.leaky_relu(x, 0.2))  # (B, 3, H, W)
+        return torch.tanh(rgb) if self.output == "tanh" else rgb
