@@ -91,8 +91,9 @@ def main() -> None:
     datamodule, make_model = default_parts()
     batches = take_batches(datamodule, args.warmup + args.batches)
 
-    fp32_peak = matmul_flops_per_second(1024, torch.float32, 3 if args.quick else 20)
-    bf16_peak = matmul_flops_per_second(1024, torch.bfloat16, 3 if args.quick else 20)
+    side, repeats = (256, 2) if args.quick else (1024, 20)
+    fp32_peak = matmul_flops_per_second(side, torch.float32, repeats)
+    bf16_peak = matmul_flops_per_second(side, torch.bfloat16, repeats)
     flops = flops_per_batch(make_model(0, channels_last=False).train(), batches[0])
 
     variants = [
@@ -120,7 +121,7 @@ def main() -> None:
 
     print(f"\nefficiency: {torch.get_num_threads()} threads, {os.cpu_count()} cores, default config, "
           f"{args.batches} timed batches per variant after {args.warmup}")  # fmt: skip
-    print(f"matmul peak (1024², measured): fp32 {fp32_peak / 1e9:.1f} GFLOP/s, bf16 {bf16_peak / 1e9:.1f} GFLOP/s")
+    print(f"matmul peak ({side}², measured): fp32 {fp32_peak / 1e9:.1f} GFLOP/s, bf16 {bf16_peak / 1e9:.1f} GFLOP/s")
     print(f"FLOPs per training batch (D + G + captioner, penalty averaged): {flops / 1e9:.2f} GFLOP")
     baseline = variants[0].seconds_per_batch()
     print(f"{'variant':<18} {'ms/batch':>9} {'speed-up':>9} {'GFLOP/s':>8} {'MFU (fp32 peak)':>16}")

@@ -170,6 +170,8 @@ def train(args: argparse.Namespace, workdir: str, overrides: list[str], coco_roo
             "--trainer.enable_progress_bar=false",
             "--trainer.callbacks+=quality_shapes.Snapshots",
             f"--trainer.callbacks.minutes={sorted(args.minutes)}",
+            # A smoke run skips the training run's own validation (and the judge and evaluator it would train).
+            *(["--trainer.limit_val_batches=0"] if args.quick else []),
             *args.overrides,
             *overrides,
         ],
