@@ -78,7 +78,8 @@ def read_metrics(folder: Path) -> dict[int, dict[str, float]]:
     with open(path) as file:
         for row in csv.DictReader(file):
             step = int(float(row["step"]))
-            rows.setdefault(step, {}).update({k: float(v) for k, v in row.items() if v not in ("", None) and k != "step"})
+            values = {k: float(v) for k, v in row.items() if v not in ("", None) and k != "step"}
+            rows.setdefault(step, {}).update(values)
     return rows
 
 
@@ -144,10 +145,12 @@ def main() -> None:
                         first_alarm = step
                     if "trace/pre_mean" not in row:
                         continue
+                    other = {k: row.get(k, float("nan")) for k in
+                             ("train/real_logit", "train/fake_logit", "collapse/detail", "collapse/spread")}  # fmt: skip
                     print(f"{step:>6} {row['trace/pre_mean']:>9.3f} {row['trace/pre_std']:>8.3f} "
                           f"{row['trace/saturated']:>6.1%} {row['trace/rgb_grad_norm']:>9.2e} "
-                          f"{row.get('train/real_logit', float('nan')):>7.2f} {row.get('train/fake_logit', float('nan')):>7.2f} "
-                          f"{row.get('collapse/detail', float('nan')):>7.3f} {row.get('collapse/spread', float('nan')):>7.3f}")  # fmt: skip
+                          f"{other['train/real_logit']:>7.2f} {other['train/fake_logit']:>7.2f} "
+                          f"{other['collapse/detail']:>7.3f} {other['collapse/spread']:>7.3f}")  # fmt: skip
                 checks = [rows[s] for s in sorted(rows) if "collapse/alarm" in rows[s]]
                 summaries.append((name, seed, first_alarm, checks[-1] if checks else None))
 

@@ -95,7 +95,7 @@ class CollapseAlarm(pl.Callback):
             if len(images) == self.num_prompts:
                 break
         if len(images) < 2:
-            rank_zero_warn("CollapseAlarm disabled: the validation split has fewer than two readable images to compare with")
+            rank_zero_warn("CollapseAlarm disabled: the validation split has under two readable images to compare with")
             return
         self.real = image_statistics(torch.stack(images))
 
@@ -145,7 +145,7 @@ class CollapseAlarm(pl.Callback):
             print(f"m2gan: {self.message}", file=sys.stderr)
             self._tell_wandb(trainer, batch_number, " and ".join(found))
         if self.stop:
-            raise CollapseError(f"{self.message}; stopped (CollapseAlarm stop), the checkpoints on disk are from before")
+            raise CollapseError(f"{self.message}; stopped (CollapseAlarm stop): the checkpoints on disk are from before")
 
     def _tell_wandb(self, trainer: pl.Trainer, batch_number: int, symptom: str) -> None:
         for logger in trainer.loggers:

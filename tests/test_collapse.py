@@ -138,7 +138,8 @@ def test_the_black_background_draws_the_same_objects_and_captions_on_black():
 
 
 def test_the_default_tiny_model_is_linear_and_tanh_is_kept_for_whoever_asks(datamodule):
-    model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
+    sizes = {"vocab_size": datamodule.vocab_size, "max_length": datamodule.max_length, **TINY_MODEL}
+    model = M2GAN(**sizes)
     assert model.generator.output == model.ema.generator.output == "linear"
-    tanh = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, generator_output="tanh", **TINY_MODEL)
+    tanh = M2GAN(generator_output="tanh", **sizes)
     assert tanh.generator.output == tanh.ema.generator.output == "tanh"
