@@ -12,7 +12,9 @@ for each ``--variant`` and seed, one run after the other. Every ``--every`` batc
   generator's images against the real ones; under 0.1 is a collapse).
 
 It prints the trace of each run and a summary: the batch of the first alarm (or none) and the
-final EMA images' figures. Exits 1 if a run's alarm never reported (a broken trace).
+final EMA images' figures. Exits 1 if a run's alarm never reported (a broken trace). The trace is
+itself a ``CollapseAlarm`` at the trace interval, beside the config's own (every 500 batches): at
+those batches both check, and an alarm line may print twice.
 
     python benchmarks/collapse_trace.py --variant tanh=--model.generator_output=tanh --variant linear= --seeds 0 1
     python benchmarks/collapse_trace.py --quick

@@ -232,7 +232,7 @@ def main() -> None:
     )
     judge_accuracy = accuracy(judge, val_images, val_labels)
     pair_judge = train_judge(
-        JudgeRecipe(resolution=resolution, kind="pair", **background, **(quick if args.quick else {"steps": 1500}))
+        JudgeRecipe(resolution=resolution, kind="pair", **background, **(quick or {"steps": 1500}))
     )
     pair_val = ShapesDataset("val", 1000, resolution, seed=99, two_object_prob=1.0, **background)
     pair_judge_accuracy = accuracy(pair_judge, *labelled_images(pair_val, 1000, "pair"))
