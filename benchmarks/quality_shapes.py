@@ -15,13 +15,17 @@
 5. Binding: a second judge reads two-object scenes (each object's colour and shape, in reading
    order, and the axis they sit on). For ``--pair-images`` two-object test captions, the share
    of generated images with *everything* right (chance well under 1%), next to the judge's own
-   rate on real images; and the share of real two-object test images whose caption names both
-   objects' colour and shape and their relation right.
+   rate on real images; the share of real two-object test images whose caption names both
+   objects' colour and shape and their relation right; and whether the discriminator binds: on
+   the real test images, how often it ranks the own caption above each binding twin, and the
+   caption–twin sentence cosine (``val/binding_acc/*``, ``val/twin_cosine/*``), with how many
+   captions have twins and how many twins are false (synonyms exchanged).
 6. With ``--held-out``, some (colour, shape) combinations never appear in training; the test
    captions are split into scenes that show one and the rest, and both are judged.
 7. Text–image consistency without ground truth: R-precision (100 candidates) of the same drawn
    images in the eyes of the dual-encoder evaluator trained on the run's own training data
-   (:mod:`m2gan.eval.evaluator`), next to the judge's verdicts, and whether the two rank the
+   (:mod:`m2gan.eval.evaluator`), for two-object captions also with their binding twins among the
+   candidates (``val/r_precision_binding``), next to the judge's verdicts, and whether the two rank the
    snapshots and the variants alike. Also what the evaluator costs: its training (once per
    data) and one evaluation as ``callbacks.TextImageConsistency`` runs it.
 
@@ -65,6 +69,8 @@ from m2gan.eval.shapes_judge import (
     train_judge,
 )
 from m2gan.grid import prompt_grid
+from m2gan.negatives import TWIN_KINDS, binding_twins
+from m2gan.tokenizer import SPECIAL_TOKENS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -268,6 +274,7 @@ def main() -> None:
             single_seen = tests["single"][2][0]
             row["bleu"], row["captions"] = caption_quality(model, test, single_seen, args.bleu_images, args)
             row["pair_captions"] = pair_caption_accuracy(model, pairs, tests["pair"][2][0])
+            row["binding"] = discriminator_binding(model, pairs, tests["pair"][2][0])
             rows.append(row)
     if args.out:  # samples of each variant's longest run (its last snapshot is loaded)
         captions = [test.caption(i) for i in tests["single"][2][0][:8]]
@@ -300,6 +307,10 @@ def main() -> None:
               + ", ".join(f"{name} {binding[name]:.1%}" for name in PAIR_ATTRIBUTES))  # fmt: skip
         print(f"captions of real two-object images naming both objects and the relation right: "
               f"{row['pair_captions']:.1%}")  # fmt: skip
+        print("discriminator on real two-object test images, own caption ranked above its binding twin "
+              "(caption-twin sentence cosine): "
+              + ", ".join(f"{kind} {row['binding'][f'binding_acc/{kind}']:.1%} "
+                          f"({row['binding'][f'twin_cosine/{kind}']:.2f})" for kind in TWIN_KINDS))  # fmt: skip
         if args.held_out:
             for kind, score, what in (
                 ("single", "combination", "single objects with colour and shape right"),
@@ -320,6 +331,18 @@ def main() -> None:
               + f" {row['bleu']['bleu4']:>7.3f} {row['captions']:>9.1%} {row['pair_seen']['all']:>7.1%}"
               + f" {row['pair_captions']:>13.1%}"
               + (f" {row['single_held']['combination']:>11.1%} {row['pair_held']['all']:>10.1%}" if args.held_out else ""))  # fmt: skip
+    twins = twin_census(runs[0][1], pairs, tests["pair"][2][0])
+    print("\nbinding twins of the two-object test captions (corpus evidence): found for "
+          + ", ".join(f"{kind} {found:.1%}" for kind, (found, _) in twins.items())
+          + "; of those, saying the same as the caption (synonyms: false twins): "
+          + ", ".join(f"{kind} {false:.1%}" for kind, (_, false) in twins.items()))  # fmt: skip
+    print(f"{'variant':<12} {'minutes':>7} " + " ".join(f"{'D ' + kind:>12}" for kind in TWIN_KINDS)
+          + " " + " ".join(f"{'cos ' + kind:>14}" for kind in TWIN_KINDS))  # fmt: skip
+    for row in rows:
+        b = row["binding"]
+        print(f"{row['variant']:<12} {row['budget']:>7g} "
+              + " ".join(f"{b[f'binding_acc/{kind}']:>12.1%}" for kind in TWIN_KINDS) + " "
+              + " ".join(f"{b[f'twin_cosine/{kind}']:>14.3f}" for kind in TWIN_KINDS))  # fmt: skip
     consistency.report(rows, runs[0][1])
 
 
@@ -342,13 +365,22 @@ class Consistency:
             self.sets[kind] = (captions, ev.candidate_sets(captions, 100, seed=0))
             images = torch.stack([dataset.image(i) for i in seen])
             text = ev.embed_captions(self.evaluator, self.tokenizer, captions)
-            self.real[kind] = (text, ev.r_precision(ev.embed_images(self.evaluator, images), text, self.sets[kind][1]))
+            embedded = ev.embed_images(self.evaluator, images)
+            self.real[kind] = (text, ev.r_precision(embedded, text, self.sets[kind][1]))
+            if kind == "pair":  # val/r_precision_binding: candidates begin with the caption's binding twins
+                twins = ev.caption_twins(captions, model.tokenizer, model.objective.word_pairs)
+                texts, rows, sets = ev.binding_candidate_sets(captions, twins, 100, seed=0)
+                text = ev.embed_captions(self.evaluator, self.tokenizer, texts)
+                self.binding = (text, rows, sets, ev.r_precision(embedded[rows], text, sets))
 
     def score(self, model, seed: int) -> dict[str, float]:
         scores = {}
         for kind, (captions, sets) in self.sets.items():
             drawn = ev.embed_images(self.evaluator, generate(model, captions, seed))
             scores[kind] = ev.r_precision(drawn, self.real[kind][0], sets)
+            if kind == "pair":
+                text, rows, binding_sets, _ = self.binding
+                scores["binding"] = ev.r_precision(drawn[rows], text, binding_sets)
         return scores
 
     def report(self, rows: list[dict], model) -> None:
@@ -358,12 +390,13 @@ class Consistency:
             return
         print("\nR-precision (100 candidates, chance 1.0%) beside the judge, same drawn images; "
               f"evaluator's own on the real images: single {self.real['single'][1]:.1%}"
-              + (f", pairs {self.real['pair'][1]:.1%}" if "pair" in self.real else ""))  # fmt: skip
-        print(
-            f"{'variant':<12} {'minutes':>7} {'batches':>8} {'judge all':>9} {'R-prec':>7} {'pairs judge':>11} {'R-prec':>7}"
-        )
+              + (f", pairs {self.real['pair'][1]:.1%}, binding {self.binding[3]:.1%} "
+                 f"({len(self.binding[1])} pair captions with twins)" if "pair" in self.real else ""))  # fmt: skip
+        print(f"{'variant':<12} {'minutes':>7} {'batches':>8} {'judge all':>9} {'R-prec':>7} {'pairs judge':>11} "
+              f"{'R-prec':>7} {'R-binding':>9}")  # fmt: skip
         for row in rows:
-            pair = f"{row['pair_seen']['all']:>11.1%} {row['r_precision']['pair']:>7.1%}" if "pair" in self.sets else ""
+            pair = (f"{row['pair_seen']['all']:>11.1%} {row['r_precision']['pair']:>7.1%} "
+                    f"{row['r_precision']['binding']:>9.1%}" if "pair" in self.sets else "")  # fmt: skip
             print(f"{row['variant']:<12} {row['budget']:>7g} {row['batches']:>8} {row['single_seen']['all']:>9.1%} "
                   f"{row['r_precision']['single']:>7.1%} {pair}")  # fmt: skip
         judge = [row["single_seen"]["all"] for row in rows]
@@ -384,6 +417,8 @@ class Consistency:
                 pair_judge = [rows[i]["pair_seen"]["all"] for i in finals]
                 pair_rprec = [rows[i]["r_precision"]["pair"] for i in finals]
                 print(f"... and on two-object scenes: {same_order(pair_judge, pair_rprec)}")
+                binding_rprec = [rows[i]["r_precision"]["binding"] for i in finals]
+                print(f"... and by binding R-precision: {same_order(pair_judge, binding_rprec)}")
         # What the default job pays: training the evaluator once, then each validation's evaluation.
         train = model.trainer.datamodule.datasets["train"]
         start = time.perf_counter()
@@ -484,6 +519,46 @@ def pair_caption_accuracy(model, pairs: ShapesDataset, indices: list[int]) -> fl
         }  # fmt: skip
         right += all(read[name] == truth[name][i].item() for name in PAIR_ATTRIBUTES)
     return right / len(captions)
+
+
+@torch.no_grad()
+def discriminator_binding(model, pairs: ShapesDataset, indices: list[int]) -> dict[str, float]:
+    """``val/binding_acc/*`` and ``val/twin_cosine/*`` (the model's own validation figures) on the real
+    two-object test images at ``indices``, each caption's twins made with the run's corpus evidence."""
+    totals: dict[str, list[float]] = {}
+    for start in range(0, len(indices), 250):
+        chunk = indices[start : start + 250]
+        images = torch.stack([pairs.image(i) for i in chunk])
+        tokens = model.tokenizer.encode([pairs.caption(i) for i in chunk])
+        for name, (value, count) in model.objective.binding_metrics(images, tokens).items():
+            total = totals.setdefault(name, [0.0, 0])
+            total[0], total[1] = total[0] + float(value) * count, total[1] + count
+    return {name: total / count for name, (total, count) in totals.items()} | {
+        f"{what}/{kind}": float("nan")
+        for what in ("binding_acc", "twin_cosine")
+        for kind in TWIN_KINDS
+        if f"{what}/{kind}" not in totals
+    }
+
+
+def twin_census(model, pairs: ShapesDataset, indices: list[int]) -> dict[str, tuple[float, float]]:
+    """Per twin kind: the share of the captions at ``indices`` that have a twin, and the share of those
+    twins that say the same as their caption (synonymous words exchanged: false negatives)."""
+
+    def meaning(caption: str) -> tuple:
+        named, where = named_attributes(caption), named_relation(caption)
+        objects = list(zip(named["size"], named["colour"], named["shape"]))
+        opposite = {"left": "right", "right": "left", "above": "below", "below": "above", None: None}
+        return {(tuple(objects), where), (tuple(objects[::-1]), opposite[where])}
+
+    captions = [pairs.caption(i) for i in indices]
+    tokens = model.tokenizer.encode(captions)
+    census = {}
+    for kind, (twins, found) in binding_twins(tokens, len(SPECIAL_TOKENS), model.objective.word_pairs).items():
+        rows = found.nonzero().flatten().tolist()
+        false = sum(bool(meaning(captions[r]) & meaning(model.tokenizer.decode(twins[r]))) for r in rows)
+        census[kind] = (len(rows) / len(captions), false / max(len(rows), 1))
+    return census
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ from callbacks.schedule import ValidationSchedule, validation_dataset, will_vali
 from m2gan.cache import cache_root
 from m2gan.eval.evaluator import (
     EvaluatorRecipe,
+    binding_candidate_sets,
     candidate_sets,
+    caption_twins,
     diversity,
     embed_captions,
     embed_images,
@@ -33,6 +35,10 @@ class TextImageConsistency(pl.Callback):
       differs) by cosine similarity. Chance is ``1 / candidates``.
     * ``val/r_precision_real``: the same for the real images: the evaluator's own retrieval
       accuracy, the ceiling a generator can reach in its eyes, and how far to trust it.
+    * ``val/r_precision_binding`` and ``val/r_precision_binding_real``: the same for the captions
+      that have binding twins (the same words bound to the other object, e.g. the two colours
+      exchanged): each image's candidates begin with its caption's twins, then random captions.
+      Random captions almost never test binding; these do. Left out when no caption has a twin.
     * ``val/diversity``: ``diversity_images`` images of each of the first ``diversity_prompts``
       captions (different noise); their mean pairwise cosine distance in the evaluator's image
       space. 0: the generator ignores its noise.
@@ -136,12 +142,18 @@ class TextImageConsistency(pl.Callback):
         prompts = captions[: self.diversity_prompts]
         several = pl_module.ema.generate(prompts, num_images=self.diversity_images, seed=self.seed, batch_size=n)
         groups = embed_images(self.evaluator, several, n).view(len(prompts), self.diversity_images, -1)
-        return {
-            "val/r_precision": r_precision(embed_images(self.evaluator, images, n), real["text"], real["sets"]),
+        drawn = embed_images(self.evaluator, images, n)
+        metrics = {
+            "val/r_precision": r_precision(drawn, real["text"][: len(captions)], real["sets"]),
             "val/r_precision_real": real["ceiling"],
             "val/diversity": diversity(groups),
             "val/diversity_real": real["diversity"],
         }
+        if len(real["binding_rows"]):
+            rows = real["binding_rows"]
+            metrics["val/r_precision_binding"] = r_precision(drawn[rows], real["text"], real["binding_sets"])
+            metrics["val/r_precision_binding_real"] = real["binding_ceiling"]
+        return metrics
 
     def _choose_validation_set(self, trainer: pl.Trainer) -> bool:
         """The first ``num_samples`` readable validation samples and their candidate sets; False (and
@@ -158,7 +170,12 @@ class TextImageConsistency(pl.Callback):
             rank_zero_warn(f"TextImageConsistency disabled: {error}")
             self.enabled = False
             return False
-        self._real = {"images": torch.stack(images), "captions": captions, "sets": sets}
+        tokenizer = getattr(trainer.datamodule, "tokenizer", None)  # twins are read off the data's token ids
+        pairs = getattr(trainer.datamodule, "word_pairs", None)
+        twins = caption_twins(captions, tokenizer, pairs) if tokenizer is not None else [[]] * len(captions)
+        texts, rows, binding_sets = binding_candidate_sets(captions, twins, self.candidates, self.seed)
+        self._real = {"images": torch.stack(images), "captions": captions, "sets": sets, "texts": texts,
+                      "binding_rows": rows, "binding_sets": binding_sets}  # fmt: skip
         return True
 
     def _read_validation_set(self, pl_module: pl.LightningModule) -> None:
@@ -166,8 +183,11 @@ class TextImageConsistency(pl.Callback):
         real = self._real
         self.evaluator.to(pl_module.device)
         image_embeddings = embed_images(self.evaluator, real.pop("images"), self.batch_size)
-        real["text"] = embed_captions(self.evaluator, self.tokenizer, real["captions"], self.batch_size)
-        real["ceiling"] = r_precision(image_embeddings, real["text"], real["sets"])
+        real["text"] = embed_captions(self.evaluator, self.tokenizer, real.pop("texts"), self.batch_size)  # captions, twins
+        real["ceiling"] = r_precision(image_embeddings, real["text"][: len(real["captions"])], real["sets"])
+        if len(real["binding_rows"]):
+            rows = real["binding_rows"]
+            real["binding_ceiling"] = r_precision(image_embeddings[rows], real["text"], real["binding_sets"])
         k = self.diversity_images
         groups = image_embeddings[: len(image_embeddings) // k * k].view(-1, k, image_embeddings.shape[-1])
         real["diversity"] = diversity(groups[: self.diversity_prompts])

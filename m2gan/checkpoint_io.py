@@ -1,7 +1,8 @@
 """Checkpoint files: written so that a crash never corrupts them, read with one clear error.
 
-Besides Lightning's own entries, an M2GAN checkpoint holds the tokenizer (:data:`TOKENIZER_KEY`)
-and, when written between two training batches, the random states of the next one (:data:`RNG_KEY`).
+Besides Lightning's own entries, an M2GAN checkpoint holds the tokenizer (:data:`TOKENIZER_KEY`),
+the word-pair evidence of binding negatives (:data:`WORD_PAIRS_KEY`) and, when written between two
+training batches, the random states of the next one (:data:`RNG_KEY`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from m2gan.atomic import atomic_path
 
 TOKENIZER_KEY = "m2gan_tokenizer"
 RNG_KEY = "m2gan_rng_states"
+WORD_PAIRS_KEY = "m2gan_word_pairs"
 T = TypeVar("T")
 RENAMED_MODULES = {"generator_ema.": "ema.generator.", "text_encoder_ema.": "ema.text_encoder.",
                    "captioner_ema.": "ema.captioner."}  # fmt: skip
 """Weight-name prefixes of checkpoints written before the EMA networks became one ``SamplingPipeline``."""
-EARLIER_DEFAULTS = {"generator_output": "tanh"}
+EARLIER_DEFAULTS = {"generator_output": "tanh", "text_position_std": 0.02}
 """Model settings whose default changed, with the value checkpoints that do not save them were trained with."""
 
 

@@ -26,6 +26,7 @@ from m2gan.batch import CaptionBatch, EvaluationBatch, PromptBatch
 from m2gan.checkpoint_io import (
     RNG_KEY,
     TOKENIZER_KEY,
+    WORD_PAIRS_KEY,
     EARLIER_DEFAULTS,
     CheckpointError,
     check_weights,
@@ -36,6 +37,7 @@ from m2gan.checkpoint_io import (
     valid_settings,
 )
 from m2gan.ema import ema_beta, update_ema
+from m2gan.negatives import WordPairs
 from m2gan.networks import Discriminator
 from m2gan.networks.blocks import check_resolution
 from m2gan.objective import GANObjective, GradientPenalty, ObjectiveConfig, TextBatch
@@ -66,6 +68,9 @@ class M2GAN(pl.LightningModule):
         text_width: Width of word embeddings and the text transformer.
         sentence_dim: Width of the sentence vector that conditions generator and discriminator.
         text_layers: Transformer layers of the text encoder.
+        text_position_std: Standard deviation of the text encoder's initial position embeddings;
+            its word embeddings start at 1. At 0.02 (the first setting) the sentence vector stayed
+            blind to word order, so no network could tell which word goes with which object.
         g_channels: Generator channels at full resolution (doubling as the side halves).
         generator_output: The generator's last layer: ``"linear"`` (StyleGAN2; clamped only when
             converted to pixels) or ``"tanh"`` (DF-GAN). A saturated ``tanh`` passes no gradient, and
@@ -142,6 +147,7 @@ class M2GAN(pl.LightningModule):
         text_width: int = 64,
         sentence_dim: int = 64,
         text_layers: int = 1,
+        text_position_std: float = 1.0,
         g_channels: int = 16,
         generator_output: Literal["linear", "tanh"] = "linear",
         word_attention_sides: tuple[int, ...] = (),
@@ -253,6 +259,8 @@ class M2GAN(pl.LightningModule):
         tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)
+        if self.objective.word_pairs is None:  # a resumed checkpoint's evidence stays
+            self.objective.word_pairs = getattr(self.trainer.datamodule, "word_pairs", None)
         for logger in self.loggers:  # one step axis for every record: batches trained
             if hasattr(logger, "step_source"):
                 logger.step_source = lambda: self.batches_trained
@@ -260,9 +268,15 @@ class M2GAN(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.tokenizer is not None:
             checkpoint[TOKENIZER_KEY] = self.tokenizer.to_json()
+        if self.objective.word_pairs is not None:
+            checkpoint[WORD_PAIRS_KEY] = self.objective.word_pairs.to_tensor()
         trainer = self._trainer
         if trainer is not None and trainer.training:  # between two training batches: the next one draws from here
             checkpoint[RNG_KEY] = rng.capture()
+
+    def on_fit_start(self) -> None:
+        if self.objective.word_pairs is not None:  # checked against every batch's token ids: keep them together
+            self.objective.word_pairs = self.objective.word_pairs.to(self.device)
 
     def on_train_batch_start(self, batch: CaptionBatch, batch_idx: int) -> None:
         if self._rng_to_restore is not None:
@@ -282,6 +296,8 @@ class M2GAN(pl.LightningModule):
         self._rng_to_restore = checkpoint.get(RNG_KEY)
         self.set_tokenizer(self._checkpoint_tokenizer(checkpoint, self.tokenizer))
         self._check_generator_output(checkpoint)
+        if WORD_PAIRS_KEY in checkpoint:  # older checkpoints lack it: then the data module's
+            self.objective.word_pairs = WordPairs.from_tensor(checkpoint[WORD_PAIRS_KEY])
 
     def _checkpoint_tokenizer(self, checkpoint: dict, expected: CaptionTokenizer | None) -> CaptionTokenizer:
         """The checkpoint's tokenizer, if it equals ``expected`` (when given) and fits this model."""
@@ -493,6 +509,8 @@ class M2GAN(pl.LightningModule):
         fake = self.ema.generator(z, sentence, words, tokens == PAD_ID)
         metrics = self.objective.validation_metrics(images, tokens, fake, self.ema.captioner(images, tokens))
         self.log_dict({f"{split}/{name}": value for name, value in metrics.items()}, batch_size=images.shape[0])
+        for name, (value, count) in self.objective.binding_metrics(images, tokens).items():
+            self.log(f"{split}/{name}", value, batch_size=count)
 
     @torch.inference_mode()
     def predict_step(self, batch: PromptBatch, batch_idx: int) -> dict:

@@ -15,13 +15,60 @@ reject it; one that checks where each word acts can. Again without knowing what 
 words may trade places when each is already seen in the other's place: the batch holds the word
 pairs (left neighbour, word) and (word, right neighbour) that the swap would create. That rule
 finds colours, sizes and nouns of parallel phrases, and refuses most reorderings that only break
-the grammar ("the *top* *left* corner"). Parallel phrases joined by a symmetric relation ("a man
-and a dog") give false negatives, so binding negatives are opt-in.
+the grammar ("the *top* *left* corner"). The pairs come from all the captions the vocabulary was
+fitted on (:class:`WordPairs`, computed once by the data module and saved in checkpoints): a batch
+of 16 rarely holds every pair a swap needs, the corpus nearly always does. Parallel phrases joined
+by a symmetric relation ("a man and a dog") give false negatives.
+
+The same rule makes the *binding twins* that measure whether a discriminator binds
+(:func:`binding_twins`): one caption changed only in which word goes with which object.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+TWIN_KINDS = ("attribute", "noun", "relation")
+"""Binding twins (:func:`binding_twins`): a modifier of each object exchanged, the objects' head
+words exchanged, and the two objects' phrases exchanged (the relation between them flipped)."""
+
+
+@dataclass(frozen=True)
+class WordPairs:
+    """The adjacent word pairs (left, right) of a corpus of token rows: where each word was seen.
+
+    Attributes:
+        codes: (N,) long, sorted and unique: ``left * vocab_size + right`` of every adjacent pair
+            (special tokens included, so "first word" and "last word" count as places too).
+        vocab_size: Size of the vocabulary the ids come from.
+    """
+
+    codes: torch.Tensor
+    vocab_size: int
+
+    @classmethod
+    def of(cls, tokens: torch.Tensor, vocab_size: int) -> WordPairs:
+        """The pairs of token rows ``tokens`` (N, L) with ids below ``vocab_size``."""
+        return cls(torch.unique(tokens[:, :-1] * vocab_size + tokens[:, 1:]).cpu(), vocab_size)
+
+    def contains(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """Whether each (left, right) pair, elementwise over two broadcastable id tensors, was seen."""
+        return torch.isin(left * self.vocab_size + right, self.codes.to(left.device))
+
+    def to_tensor(self) -> torch.Tensor:
+        """One long tensor, for checkpoints: the vocabulary size, then the codes."""
+        return torch.cat([torch.tensor([self.vocab_size]), self.codes.cpu()])
+
+    @classmethod
+    def from_tensor(cls, saved: torch.Tensor) -> WordPairs:
+        """Inverse of :meth:`to_tensor`."""
+        return cls(saved[1:].clone(), int(saved[0]))
+
+    def to(self, device: torch.device | str) -> WordPairs:
+        """The same pairs with the codes on ``device`` (where the token ids they are checked against live)."""
+        return WordPairs(self.codes.to(device), self.vocab_size)
 
 
 def swap_one_word(tokens: torch.Tensor, num_special: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -61,66 +108,146 @@ def swap_one_word(tokens: torch.Tensor, num_special: int, generator: torch.Gener
     return swapped
 
 
-def swap_bound_words(
-    tokens: torch.Tensor, num_special: int, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exchange two words within each caption where the batch shows each can stand in the other's place.
+def exchangeable(tokens: torch.Tensor, num_special: int, pairs: WordPairs | None = None) -> torch.Tensor:
+    """Which two words of each caption may trade places: each is seen in the other's place.
 
-    Words at positions ``p < q - 1`` of one caption may trade places when the batch holds, anywhere,
-    the word pairs the swap creates: (word before p, word q), (word q, word after p), (word before
-    q, word p) and (word p, word after q). Neighbouring words are never exchanged.
+    Words at positions ``p < q - 1`` of one caption may trade places when ``pairs`` holds the word
+    pairs the swap creates: (word before p, word q), (word q, word after p), (word before q, word
+    p) and (word p, word after q). Neighbouring words, equal words and special tokens never trade.
 
     Args:
         tokens: (B, L) token ids; ids below ``num_special`` are never moved (they may be neighbours).
         num_special: Number of special token ids, which occupy ids ``0 … num_special - 1``.
+        pairs: Where words were seen; None = the batch's own pairs.
+
+    Returns:
+        (B, L, L) bool, True at ``[b, p, q]`` when words ``p`` and ``q`` of caption ``b`` may trade.
+    """
+    batch, length = tokens.shape
+    device = tokens.device
+    if pairs is None:
+        pairs = WordPairs.of(tokens, int(tokens.max()) + 1)
+    # The two neighbours of every position; the sequence ends count as padding (never a real pair).
+    edge = torch.zeros((batch, 1), dtype=tokens.dtype, device=device)
+    before = torch.cat([edge, tokens[:, :-1]], dim=1)  # (B, L)
+    after = torch.cat([tokens[:, 1:], edge], dim=1)
+    p_word, q_word = tokens[:, :, None], tokens[:, None, :]  # (B, L, 1), (B, 1, L): word at p, at q
+    fits_p = pairs.contains(before[:, :, None], q_word) & pairs.contains(q_word, after[:, :, None])  # q's word at p
+    fits_q = pairs.contains(before[:, None, :], p_word) & pairs.contains(p_word, after[:, None, :])  # p's word at q
+    is_word = tokens >= num_special
+    position = torch.arange(length, device=device)
+    apart = position[None, :] > position[:, None] + 1  # (L, L): p < q - 1
+    return fits_p & fits_q & (p_word != q_word) & is_word[:, :, None] & is_word[:, None, :] & apart
+
+
+def swap_bound_words(
+    tokens: torch.Tensor,
+    num_special: int,
+    generator: torch.Generator | None = None,
+    pairs: WordPairs | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exchange two words within each caption where ``pairs`` shows each can stand in the other's place.
+
+    Args:
+        tokens: (B, L) token ids; see :func:`exchangeable`.
+        num_special: Number of special token ids, which occupy ids ``0 … num_special - 1``.
         generator: Random generator choosing among a caption's possible exchanges.
+        pairs: Where words were seen (the corpus); None = the batch's own pairs.
 
     Returns:
         swapped: (B, L) token ids, each row with one exchange where ``found`` (else unchanged).
         found: (B,) bool, whether the row had a possible exchange.
     """
     batch, length = tokens.shape
-    device = tokens.device
-    vocab = int(tokens.max()) + 1
-    seen = torch.unique(tokens[:, :-1] * vocab + tokens[:, 1:])  # every adjacent pair of the batch
-
-    def pair_seen(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-        return torch.isin(left * vocab + right, seen)
-
-    # The two neighbours of every position; the sequence ends count as padding (never a real pair).
-    edge = torch.zeros((batch, 1), dtype=tokens.dtype, device=device)
-    before = torch.cat([edge, tokens[:, :-1]], dim=1)  # (B, L)
-    after = torch.cat([tokens[:, 1:], edge], dim=1)
-    p_word, q_word = tokens[:, :, None], tokens[:, None, :]  # (B, L, 1), (B, 1, L): word at p, at q
-    fits_p = pair_seen(before[:, :, None], q_word) & pair_seen(q_word, after[:, :, None])  # q's word at p
-    fits_q = pair_seen(before[:, None, :], p_word) & pair_seen(p_word, after[:, None, :])  # p's word at q
-    is_word = tokens >= num_special
-    position = torch.arange(length, device=device)
-    apart = position[None, :] > position[:, None] + 1  # (L, L): p < q - 1
-    possible = fits_p & fits_q & (p_word != q_word) & is_word[:, :, None] & is_word[:, None, :] & apart  # (B, L, L)
-
-    scores = torch.rand((batch, length * length), generator=generator).to(device)
-    choice = scores.masked_fill(~possible.flatten(1), -1.0).argmax(dim=1)  # (B,) a random possible pair
+    possible = exchangeable(tokens, num_special, pairs).flatten(1)  # (B, L * L)
+    scores = torch.rand((batch, length * length), generator=generator).to(tokens.device)
+    choice = scores.masked_fill(~possible, -1.0).argmax(dim=1)  # (B,) a random possible pair
     p, q = choice // length, choice % length
-    found = possible.flatten(1).any(dim=1)
-    rows = torch.arange(batch, device=device)[found]
+    found = possible.any(dim=1)
+    rows = torch.arange(batch, device=tokens.device)[found]
     swapped = tokens.clone()
     swapped[rows, p[found]] = tokens[rows, q[found]]
     swapped[rows, q[found]] = tokens[rows, p[found]]
     return swapped, found
 
 
+def binding_twins(
+    tokens: torch.Tensor, num_special: int, pairs: WordPairs | None = None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """For each caption, its binding twins of every kind in :data:`TWIN_KINDS`, where it has them.
+
+    Knowing nothing of what words mean, the twins read the captions' structure off
+    :func:`exchangeable`: aligned positions ``d`` apart whose words are exchangeable or equal form
+    two parallel phrases ("a small *red circle* left of a big *blue circle*"). A phrase is taken
+    as whole when what follows it differs from what follows the other only as much as ends and
+    shared words do: the text ends, the phrases meet, or the next words are equal. Phrases in
+    English end with their head word, so the phrases' last pair is the head words (``noun``; none
+    when they are the same word), the exchangeable pair before it a modifier (``attribute``), and
+    exchanging every pair exchanges the objects (``relation``: "a big blue circle left of a small
+    red circle" says the relation backwards). Captions without two whole parallel phrases of two or
+    more words have no twin: one lone exchangeable pair could be either kind.
+
+    Returns:
+        ``{kind: (twins, found)}``: twins (B, L) token ids (rows without such a twin unchanged) and
+        found (B,) bool.
+    """
+    possible = exchangeable(tokens, num_special, pairs).cpu()
+    rows = tokens.cpu()
+    twins = {kind: rows.clone() for kind in TWIN_KINDS}
+    found = {kind: torch.zeros(tokens.shape[0], dtype=torch.bool) for kind in TWIN_KINDS}
+    for row, (words, grid) in enumerate(zip(rows.tolist(), possible)):
+        phrases = _parallel_phrases(words, grid, num_special)
+        if phrases is None:
+            continue
+        swaps = [(p, q) for p, q in phrases if bool(grid[p, q])]
+        head_exchangeable = bool(grid[phrases[-1]])
+        modifiers = swaps[:-1] if head_exchangeable else swaps
+        chosen = {"attribute": modifiers[-1:], "noun": swaps[-1:] if head_exchangeable else [], "relation": swaps}
+        for kind, exchanges in chosen.items():
+            for p, q in exchanges:
+                twins[kind][row, p], twins[kind][row, q] = rows[row, q], rows[row, p]
+            found[kind][row] = bool(exchanges)
+    return {kind: (twins[kind].to(tokens.device), found[kind].to(tokens.device)) for kind in TWIN_KINDS}
+
+
+def _parallel_phrases(words: list[int], grid: torch.Tensor, num_special: int) -> list[tuple[int, int]] | None:
+    """The aligned positions [(p, p + d), …] of a caption's two whole parallel phrases (see
+    :func:`binding_twins`), the longest if several, or None."""
+    length = len(words)
+
+    def aligned(p: int, q: int) -> bool:  # exchangeable words, or the same word (not a special token)
+        return bool(grid[p, q]) or (words[p] == words[q] >= num_special)
+
+    best = None
+    for p, q in grid.nonzero().tolist():
+        while p > 0 and q - 1 > p and aligned(p - 1, q - 1) and words[p - 1] != words[q - 1]:
+            p, q = p - 1, q - 1  # start at the first exchangeable pair of the run
+        run = [(p, q)]
+        while run[-1][0] + 1 < run[0][1] and run[-1][1] + 1 < length and aligned(run[-1][0] + 1, run[-1][1] + 1):
+            run.append((run[-1][0] + 1, run[-1][1] + 1))
+        end_p, end_q = run[-1][0] + 1, run[-1][1] + 1
+        whole = end_p == run[0][1] or end_q >= length or min(words[end_p], words[end_q]) < num_special
+        if whole and len(run) >= 2 and (best is None or len(run) > len(best)):
+            best = run
+    return best
+
+
 def hard_negatives(
-    tokens: torch.Tensor, num_special: int, binding_share: float = 0.0, generator: torch.Generator | None = None
+    tokens: torch.Tensor,
+    num_special: int,
+    binding_share: float = 0.0,
+    generator: torch.Generator | None = None,
+    pairs: WordPairs | None = None,
 ) -> torch.Tensor:
     """One hard negative per caption: a binding swap for a ``binding_share`` of the captions that
     have one (:func:`swap_bound_words`), a one-word swap for the rest (:func:`swap_one_word`).
 
     With ``binding_share`` 0 this is :func:`swap_one_word` and draws no further random numbers.
+    ``pairs``: where words were seen (the corpus); None = the batch's own pairs.
     """
     swapped = swap_one_word(tokens, num_special, generator)
     if binding_share <= 0:
         return swapped
-    bound, found = swap_bound_words(tokens, num_special, generator)
+    bound, found = swap_bound_words(tokens, num_special, generator, pairs)
     chosen = found & (torch.rand(tokens.shape[0], generator=generator).to(tokens.device) < binding_share)
     return torch.where(chosen[:, None], bound, swapped)

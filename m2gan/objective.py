@@ -32,10 +32,11 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from m2gan import decoding, losses
-from m2gan.negatives import hard_negatives
+from m2gan.negatives import WordPairs, binding_twins, hard_negatives
 from m2gan.networks import Captioner, Discriminator, Generator, TextEncoder
 from m2gan.settings import SettingsGroup
 from m2gan.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS
@@ -129,6 +130,8 @@ class GANObjective:
         self.text_encoder, self.generator = text_encoder, generator
         self.discriminator, self.captioner = discriminator, captioner
         self.config = config
+        self.word_pairs: WordPairs | None = None
+        """Where each word was seen in the training captions (binding negatives); None = each batch's own."""
 
     def noise(self, batch_size: int, device: torch.device) -> torch.Tensor:
         """Training noise (B, noise_dim), drawn on the CPU so a seed gives the same run on any device."""
@@ -150,7 +153,7 @@ class GANObjective:
                 sampled_tokens = decoding.sample(self.captioner, images, BOS_ID, EOS_ID, PAD_ID, temperature=1.0)
         texts = [tokens]
         if use_swaps:
-            texts.append(hard_negatives(tokens, len(SPECIAL_TOKENS), cfg.binding_negative_share))
+            texts.append(hard_negatives(tokens, len(SPECIAL_TOKENS), cfg.binding_negative_share, None, self.word_pairs))
         if sampled_tokens is not None:
             texts.append(sampled_tokens)
         all_words, sentences = self.text_encoder(torch.cat(texts))  # (B * len(texts), L, W), (B * len(texts), S)
@@ -275,3 +278,39 @@ class GANObjective:
             "real_vs_fake_acc": (real_logits > fake_logits).float().mean(),
             "caption_loss": losses.caption_cross_entropy(caption_logits, tokens, PAD_ID),
         }
+
+    def binding_metrics(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, tuple[torch.Tensor, int]]:
+        """Whether the discriminator and its text encoder bind words to objects, per twin kind.
+
+        For each real image (B, 3, H, W) whose caption (row of ``tokens`` (B, L)) has a binding twin
+        of a kind (:func:`~m2gan.negatives.binding_twins`, from ``word_pairs``):
+
+        * ``binding_acc/<kind>``: how often the discriminator scores the image's own caption above
+          the twin (a tie counts half, so a bag of words scores 0.5);
+        * ``twin_cosine/<kind>``: the cosine between the two captions' sentence vectors (1.0 for a
+          text encoder blind to word order).
+
+        Returns:
+            ``{name: (mean over the rows with a twin, number of those rows)}``; kinds no row has are left out.
+        """
+        d = self.discriminator
+        twins = binding_twins(tokens, len(SPECIAL_TOKENS), self.word_pairs)
+        kinds = [kind for kind, (_, found) in twins.items() if found.any()]
+        if not kinds:
+            return {}
+        texts = torch.cat([tokens, *(twins[kind][0] for kind in kinds)])
+        _, sentences = self.text_encoder(texts)  # ((1 + K) * B, S)
+        sentences = sentences.split(tokens.shape[0])
+        real = d.features(images)
+        own_logits = d.score(real, d.embed_text(sentences[0]))  # (B,)
+        metrics = {}
+        for kind, sentence in zip(kinds, sentences[1:]):
+            found = twins[kind][1]
+            twin_logits = d.score(real, d.embed_text(sentence))
+            wins = (own_logits > twin_logits).float() + 0.5 * (own_logits == twin_logits).float()
+            cosine = F.cosine_similarity(sentences[0], sentence, dim=1)
+            count = int(found.sum())
+            metrics[f"binding_acc/{kind}"] = (wins[found].mean(), count)
+            metrics[f"twin_cosine/{kind}"] = (cosine[found].mean(), count)
+        return metrics
+

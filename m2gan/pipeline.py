@@ -43,6 +43,7 @@ class PipelineConfig(SettingsGroup):
     channels_last: bool
     word_attention_sides: tuple[int, ...] = ()  # absent from exports written before it existed
     generator_output: str = "tanh"  # absent from exports written before it existed, which all ended in tanh
+    text_position_std: float = 1.0  # initialisation only: loaded weights overwrite it
 
     def __post_init__(self) -> None:  # a list from YAML or JSON, a tuple here: configs compare equal
         object.__setattr__(self, "word_attention_sides", tuple(self.word_attention_sides))
@@ -55,7 +56,14 @@ class PipelineConfig(SettingsGroup):
 
     def text_encoder(self) -> TextEncoder:
         return self._layout(
-            TextEncoder(self.vocab_size, self.max_length, self.text_width, self.sentence_dim, self.text_layers)
+            TextEncoder(
+                self.vocab_size,
+                self.max_length,
+                self.text_width,
+                self.sentence_dim,
+                self.text_layers,
+                position_std=self.text_position_std,
+            )
         )
 
     def generator(self) -> Generator:

@@ -69,8 +69,9 @@ def relative_distances(model: M2GAN, reference: M2GAN) -> dict[str, float]:
     "torch may take other kernels",
 )
 def test_an_old_checkpoint_resumes_to_the_uninterrupted_run(old, tmp_path):
-    straight, _ = _run(tmp_path / "straight", generator_output="tanh")  # as the fixture was trained
-    resumed, trainer = _run(tmp_path / "resumed", ckpt_path=str(old / "step=6.ckpt"), generator_output="tanh")
+    as_trained = {"generator_output": "tanh", "text_position_std": 0.02}  # the defaults the fixture was trained with
+    straight, _ = _run(tmp_path / "straight", **as_trained)
+    resumed, trainer = _run(tmp_path / "resumed", ckpt_path=str(old / "step=6.ckpt"), **as_trained)
     assert trainer.global_step == 32
     assert int(resumed.d_steps) == int(straight.d_steps) == 16 and int(resumed.g_steps) == 16
     distances = relative_distances(resumed, straight)

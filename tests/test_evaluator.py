@@ -142,6 +142,9 @@ def test_the_callback_logs_chance_for_a_prompt_blind_generator_and_the_ceiling_f
     assert blind["val/r_precision"] < 0.04  # one image for every caption: chance, 1 in 100
     assert perfect["val/diversity"] == pytest.approx(0.0, abs=1e-5)  # the stand-ins ignore their noise
     assert perfect["val/diversity_real"] > 0.3
+    # Binding: the candidates begin with twins; a perfect generator reaches the ceiling, a blind one chance.
+    assert perfect["val/r_precision_binding"] == perfect["val/r_precision_binding_real"]
+    assert blind["val/r_precision_binding"] < 0.06  # chance 1 in 100 over about 70 captions with twins
 
 
 def test_inside_a_fit_the_evaluator_is_trained_once_and_the_metrics_are_logged(tmp_path, tiny_model, monkeypatch):
@@ -159,9 +162,62 @@ def test_inside_a_fit_the_evaluator_is_trained_once_and_the_metrics_are_logged(t
         (trainer.fit if stage == "fit" else trainer.validate)(tiny_model, datamodule)
         return dict(trainer.callback_metrics)
 
-    assert {"val/r_precision", "val/r_precision_real", "val/diversity", "val/diversity_real"} <= set(run("fit"))
+    logged = set(run("fit"))
+    assert {"val/r_precision", "val/r_precision_real", "val/diversity", "val/diversity_real"} <= logged
+    assert {"val/r_precision_binding", "val/r_precision_binding_real"} <= logged
     monkeypatch.setattr(ev, "train_evaluator", lambda *args: pytest.fail("retrained a cached evaluator"))
     assert "val/r_precision" in run("validate")  # the same data: the cached evaluator is read
+
+
+def test_binding_candidates_begin_with_the_captions_twins():
+    captions = ["a red circle left of a blue square", "a blue circle left of a red square", "a red circle",
+                *(f"caption {i}" for i in range(10))]  # fmt: skip
+    twins = [["a blue circle left of a red square", "a red square left of a blue circle"], ["x y"], [], *[[]] * 10]
+    texts, rows, sets = ev.binding_candidate_sets(captions, twins, candidates=5, seed=0)
+    assert texts[: len(captions)] == captions and texts[len(captions) :] == [*twins[0], *twins[1]]
+    assert rows.tolist() == [0, 1]  # captions without twins are left out
+    assert sets[0, :3].tolist() == [0, 13, 14] and sets[1, :2].tolist() == [1, 15]
+    for row, i in zip(sets.tolist(), rows.tolist()):  # then others, never a text equal to the caption or a twin
+        assert all(texts[j] not in {captions[i], *twins[i]} for j in row[1 + len(twins[i]) :])
+    assert len(set(sets[0].tolist())) == 5
+
+
+def test_the_evaluator_learns_against_binding_twins(monkeypatch):
+    from m2gan.networks import DualEncoder
+
+    data = ShapesDataset("train", 200, 32, seed=0, two_object_prob=1.0)
+    captions = [data.caption(i) for i in range(200)]
+    tokenizer = CaptionTokenizer.fit(captions)
+    calls = []
+    real_loss = DualEncoder.loss
+
+    def recording_loss(self, images, tokens, same, **hard):
+        calls.append((tokens, hard))
+        return real_loss(self, images, tokens, same, **hard)
+
+    monkeypatch.setattr(DualEncoder, "loss", recording_loss)
+    images = torch.zeros(200, 3, 32, 32, dtype=torch.uint8)
+    ev.train_evaluator(images, captions, tokenizer, ev.EvaluatorRecipe(pool_size=200, steps=1, batch_size=64))
+    tokens, hard = calls[0]
+    assert hard["has_hard"].float().mean() > 0.5  # most two-object captions have a twin
+    for own, twin in zip(tokens[hard["has_hard"]], hard["hard_tokens"][hard["has_hard"]]):
+        assert sorted(own.tolist()) == sorted(twin.tolist()) and not torch.equal(own, twin)  # same words, rebound
+    calls.clear()
+    ev.train_evaluator(images, captions, tokenizer, ev.EvaluatorRecipe(pool_size=200, steps=1, binding_twins=False))
+    assert calls[0][1] == {}
+
+
+def test_a_hard_negative_counts_only_where_an_image_has_one():
+    from m2gan.networks import DualEncoder
+
+    torch.manual_seed(0)
+    model = DualEncoder(20, 6, dim=8)
+    images, tokens = torch.randn(4, 3, 32, 32), torch.randint(4, 20, (4, 6))
+    plain = model.loss(images, tokens)
+    none = torch.zeros(4, dtype=torch.bool)
+    assert torch.equal(model.loss(images, tokens, hard_tokens=tokens.flip(0), has_hard=none), plain)
+    # its own caption as the hard negative: as close as the positive, so the loss must rise
+    assert model.loss(images, tokens, hard_tokens=tokens, has_hard=~none) > plain
 
 
 def test_processes_that_ask_for_one_cache_file_at_once_make_it_once(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -358,3 +360,90 @@ def test_binding_negatives_reach_the_discriminator_as_swapped_captions(datamodul
         if share == 1.0:  # the two-object captions had their colours or nouns exchanged, same words
             assert all(sorted(expected[i].tolist()) == sorted(tokens[i].tolist()) for i in (0, 1))
             assert not torch.equal(expected[:2], tokens[:2])
+
+
+class _CaptionHashText(torch.nn.Module):
+    """Stand-in text encoder: the sentence vector one-hot encodes the caption, in order or as a bag of words."""
+
+    def __init__(self, ordered: bool) -> None:
+        super().__init__()
+        self.ordered = ordered
+
+    def forward(self, tokens):
+        rows = tokens.tolist() if self.ordered else [sorted(row) for row in tokens.tolist()]
+        sentence = torch.zeros(len(rows), 997)
+        sentence[torch.arange(len(rows)), torch.tensor([hash(tuple(row)) % 997 for row in rows])] = 1.0
+        return torch.zeros(len(rows), tokens.shape[1], 4), sentence
+
+
+class _CaptionReader(torch.nn.Module):
+    """Stand-in critic: each image carries its caption's sentence vector; it scores their agreement."""
+
+    def features(self, images):
+        return images.flatten(1), torch.zeros(images.shape[0])
+
+    def embed_text(self, sentence):
+        return sentence
+
+    score = staticmethod(__import__("m2gan.networks", fromlist=["Discriminator"]).Discriminator.score)
+
+
+@pytest.mark.parametrize("ordered, accuracy, cosine", [(True, 1.0, 0.0), (False, 0.5, 1.0)])
+def test_binding_accuracy_is_one_for_a_critic_that_binds_and_half_for_a_bag_of_words(
+    datamodule, ordered, accuracy, cosine
+):
+    from m2gan.negatives import TWIN_KINDS, WordPairs
+
+    model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
+    objective = model.objective
+    objective.text_encoder, objective.discriminator = _CaptionHashText(ordered), _CaptionReader()
+    captions = [
+        "a small red circle left of a large blue square", "a large green triangle above a small cyan cross",
+        "a small red circle at the left",
+    ]  # fmt: skip
+    tokens = datamodule.tokenizer.encode(captions)
+    corpus = [  # each caption with any of its sizes, colours and nouns exchanged: every word seen in the other's place
+        f"a {s1} {c1} {n1} {relation} a {s2} {c2} {n2}"
+        for sizes, colours, nouns, relation in (
+            (("small", "large"), ("red", "blue"), ("circle", "square"), "left of"),
+            (("large", "small"), ("green", "cyan"), ("triangle", "cross"), "above"),
+        )
+        for (s1, s2), (c1, c2), (n1, n2) in itertools.product(
+            (sizes, sizes[::-1]), (colours, colours[::-1]), (nouns, nouns[::-1])
+        )
+    ]
+    objective.word_pairs = WordPairs.of(datamodule.tokenizer.encode(corpus), datamodule.vocab_size)
+    images = _CaptionHashText(ordered=True)(tokens)[1].reshape(3, 1, 1, 997)  # each image "shows" its caption
+    metrics = objective.binding_metrics(images, tokens)
+    assert set(metrics) == {f"{what}/{kind}" for what in ("binding_acc", "twin_cosine") for kind in TWIN_KINDS}
+    for kind in TWIN_KINDS:
+        assert metrics[f"binding_acc/{kind}"] == (pytest.approx(accuracy), 2)  # the one-object caption has none
+        assert metrics[f"twin_cosine/{kind}"] == (pytest.approx(cosine), 2)
+
+
+def test_the_corpus_word_pairs_travel_in_the_checkpoint(datamodule, tiny_model, tmp_path):
+    from m2gan.checkpoint_io import WORD_PAIRS_KEY
+
+    trainer = _fit(tiny_model, datamodule, batches=1)
+    pairs = tiny_model.objective.word_pairs
+    assert torch.equal(pairs.codes, datamodule.word_pairs.codes) and len(pairs.codes) > 50  # from the data module
+    checkpoint = {"state_dict": tiny_model.state_dict()}
+    tiny_model.on_save_checkpoint(checkpoint)
+    resumed = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
+    resumed.on_load_checkpoint(checkpoint)
+    assert torch.equal(resumed.objective.word_pairs.codes, pairs.codes)
+    assert resumed.objective.word_pairs.vocab_size == pairs.vocab_size
+    trainer.save_checkpoint(tmp_path / "saved.ckpt")  # Lightning's own save path too
+    saved = torch.load(tmp_path / "saved.ckpt", weights_only=True)[WORD_PAIRS_KEY]
+    assert torch.equal(saved, pairs.to_tensor())
+
+
+def test_validation_logs_binding_accuracy_and_twin_cosine(datamodule, tiny_model):
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=1, limit_val_batches=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(tiny_model, datamodule)
+    for kind in ("attribute", "relation"):
+        assert 0.0 <= float(trainer.callback_metrics[f"val/binding_acc/{kind}"]) <= 1.0
+        assert -1.0 <= float(trainer.callback_metrics[f"val/twin_cosine/{kind}"]) <= 1.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from m2gan.negatives import hard_negatives, swap_bound_words, swap_one_word
+from m2gan.negatives import WordPairs, binding_twins, hard_negatives, swap_bound_words, swap_one_word
 
 BOS, EOS = 2, 3
 
@@ -36,7 +36,7 @@ def test_a_row_that_cannot_borrow_is_left_alone():
 
 
 # Word ids of the binding tests: sentences of ids >= 4 with [BOS]/[EOS] around them.
-WORDS = {w: i + 4 for i, w in enumerate("a red blue circle square left of the top corner in".split())}
+WORDS = {w: i + 4 for i, w in enumerate("a red blue circle square left of the top corner in small big round shape".split())}
 
 
 def encode(*captions: str) -> torch.Tensor:
@@ -84,3 +84,60 @@ def test_hard_negatives_without_binding_are_one_word_swaps_with_the_same_draws()
     # share 1: the row with a possible exchange gets it (same words, other order), the others a one-word swap
     assert sorted(mixed[0].tolist()) == sorted(tokens[0].tolist()) and not torch.equal(mixed[0], tokens[0])
     assert torch.equal(mixed[1:], plain[1:])
+
+
+def test_word_pairs_from_the_corpus_find_exchanges_the_batch_alone_cannot():
+    batch = encode("a red circle left of a blue square")  # alone, it never shows "a blue" before "circle"
+    swapped, found = swap_bound_words(batch, 4, torch.Generator().manual_seed(0))
+    assert not found.any()
+    corpus = encode("a blue circle", "a red square", "a red circle left of a blue square")
+    pairs = WordPairs.of(corpus, vocab_size=len(WORDS) + 4)
+    swapped, found = swap_bound_words(batch, 4, torch.Generator().manual_seed(0), pairs)
+    assert found.all() and swapped[0].tolist() == encode("a blue circle left of a red square")[0].tolist()
+
+
+def test_word_pairs_round_trip_through_one_tensor():
+    pairs = WordPairs.of(encode("a red circle left of a blue square", "in the top corner"), vocab_size=40)
+    back = WordPairs.from_tensor(pairs.to_tensor())
+    assert back.vocab_size == 40 and torch.equal(back.codes, pairs.codes)
+    assert bool(back.contains(torch.tensor(WORDS["a"]), torch.tensor(WORDS["red"])))
+    assert not bool(back.contains(torch.tensor(WORDS["red"]), torch.tensor(WORDS["a"])))
+
+
+TWIN_CORPUS = encode(
+    "a small red circle left of a big blue square",
+    "a big blue circle left of a small red square",
+    "a small red square left of a big blue circle",
+    "a big red circle", "a small blue square", "a red round shape", "a blue round shape left of a red circle",
+)  # fmt: skip
+
+
+def twins_of(caption: str) -> dict[str, str | None]:
+    pairs = WordPairs.of(TWIN_CORPUS, vocab_size=len(WORDS) + 4)
+    names = {i: w for w, i in WORDS.items()}
+    out = {}
+    for kind, (twins, found) in binding_twins(encode(caption), 4, pairs).items():
+        out[kind] = " ".join(names[i] for i in twins[0].tolist() if i >= 4) if found[0] else None
+    return out
+
+
+def test_binding_twins_exchange_a_modifier_the_head_words_or_the_objects():
+    assert twins_of("a small red circle left of a big blue square") == {
+        "attribute": "a small blue circle left of a big red square",  # the modifier next to the head
+        "noun": "a small red square left of a big blue circle",
+        "relation": "a big blue square left of a small red circle",  # = the relation flipped
+    }
+
+
+def test_equal_head_words_give_no_noun_twin_and_still_bound_phrases():
+    assert twins_of("a small red circle left of a big blue circle") == {
+        "attribute": "a small blue circle left of a big red circle",
+        "noun": None,  # exchanging a word with itself changes nothing
+        "relation": "a big blue circle left of a small red circle",
+    }
+
+
+def test_captions_without_two_whole_parallel_phrases_have_no_twins():
+    # one object; and a two-word head ("round shape") against a one-word one: the phrases do not align
+    for caption in ("a small red circle", "a small red round shape left of a big blue circle"):
+        assert twins_of(caption) == {"attribute": None, "noun": None, "relation": None}, caption

@@ -91,3 +91,12 @@ def test_a_closed_gate_is_the_sentence_only_generator_and_an_open_one_listens_to
 def test_attention_sides_must_be_stages_of_the_generator():
     with pytest.raises(ValueError, match=r"attention sides \[4, 64\]"):
         Generator(32, attention_sides=(4, 8, 64))
+
+
+def test_position_embeddings_start_at_the_word_embeddings_scale():
+    # Far smaller position embeddings left the trained sentence vector blind to word order
+    # (m2gan/networks/text_encoder.py): a caption and its colour-exchanged twin encoded alike.
+    torch.manual_seed(0)
+    encoder = TextEncoder(vocab_size=200, max_length=24)
+    ratio = encoder.position_embedding.std() / encoder.token_embedding.weight.std()
+    assert 0.8 < float(ratio) < 1.25

@@ -16,6 +16,7 @@ from m2gan.data.captioned import CaptionedImages, Problems, verify_images
 from m2gan.data.formats import coco_records, cub_records, folder_records
 from m2gan.data.sampler import ResumableSampler
 from m2gan.data.shapes import Background, ShapesDataset
+from m2gan.negatives import WordPairs
 from m2gan.prompts import PromptDataset, read_prompts
 from m2gan.tokenizer import CaptionTokenizer
 
@@ -68,7 +69,8 @@ class CaptionDataModule(pl.LightningDataModule):
         verify_images: Real data: decode every image once at setup and skip those that fail (costs
             about a millisecond per image); when off, they are skipped when first read.
         max_length: Tokens per caption, ``[BOS]``/``[EOS]`` included; longer captions are truncated.
-        tokenizer_fit_size: Training images (shapes, shards: captions) whose captions build the vocabulary.
+        tokenizer_fit_size: Training images (shapes, shards: captions) whose captions build the vocabulary
+            and the word-pair evidence of binding negatives (``m2gan.negatives.WordPairs``).
         min_word_frequency: Words seen fewer times in those captions become ``[UNK]``.
         num_references: Reference captions per validation/test image (COCO has 5).
         num_workers: Data-loader worker processes (0 loads in the training process).
@@ -126,7 +128,10 @@ class CaptionDataModule(pl.LightningDataModule):
             fit_captions = (c for record in train.records[:tokenizer_fit_size] for c in record.captions)
         else:
             fit_captions = (train.caption(i) for i in range(min(tokenizer_fit_size, len(train))))
+        fit_captions = list(fit_captions)
         self.tokenizer = CaptionTokenizer.fit(fit_captions, max_length=max_length, min_frequency=min_word_frequency)
+        # Where each word was seen, from the same captions: the evidence binding negatives need.
+        self.word_pairs = WordPairs.of(self.tokenizer.encode(fit_captions), self.tokenizer.vocab_size)
 
     def _build_datasets(self) -> dict:
         hp = self.hparams

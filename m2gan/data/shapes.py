@@ -216,13 +216,14 @@ def describe(scene: Scene, rng: np.random.Generator) -> str:
 
 
 def named_attributes(caption: str) -> dict[str, list[int]]:
-    """Shapes and colours a caption names, in order of mention, as indices into :data:`SHAPES` / :data:`COLOURS`.
+    """Shapes, colours and sizes a caption names, in order of mention, as indices into :data:`SHAPES` /
+    :data:`COLOURS` / :data:`SIZES`.
 
     Reads any of the synonyms the captions are written with ("disc", "plus sign", "violet", …).
     """
     text = f" {' '.join(caption.lower().split())} "
-    found: dict[str, list[tuple[int, int]]] = {"shape": [], "colour": []}
-    for attribute, names in (("shape", SHAPES), ("colour", COLOURS)):
+    found: dict[str, list[tuple[int, int]]] = {"shape": [], "colour": [], "size": []}
+    for attribute, names in (("shape", SHAPES), ("colour", COLOURS), ("size", SIZES)):
         for value, name in enumerate(names):
             for word in set(_SYNONYMS[name]):
                 start = text.find(f" {word} ")

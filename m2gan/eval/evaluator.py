@@ -9,6 +9,10 @@ independent of the discriminator, which learns against the generator.
   ``candidates - 1`` captions of other images (whose text differs) by cosine similarity; the
   score is the fraction ranked first (chance: ``1 / candidates``). On real images it is the
   evaluator's own retrieval accuracy: the ceiling a generator can reach in its eyes.
+* :func:`binding_candidate_sets`: the same protocol where each caption's candidates begin with
+  its binding twins (:func:`m2gan.negatives.binding_twins`: the same words, bound to the other
+  object), which 99 random captions almost never include. The evaluator is trained with those twins
+  as hard negatives, so it can tell them apart.
 * :func:`diversity`: the mean pairwise cosine distance of images in the evaluator's image space:
   0 when every image of a prompt is the same (a generator that ignores its noise).
 """
@@ -28,8 +32,9 @@ from torch.utils.data import IterableDataset
 from m2gan.atomic import atomic_path
 from m2gan.cache import cache_root, key_digest, made_once
 from m2gan.images import to_float, to_uint8
+from m2gan.negatives import TWIN_KINDS, WordPairs, binding_twins
 from m2gan.networks import DualEncoder
-from m2gan.tokenizer import CaptionTokenizer
+from m2gan.tokenizer import SPECIAL_TOKENS, CaptionTokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +50,8 @@ class EvaluatorRecipe:
     channels: tuple[int, int, int] = (16, 32, 64)
     """Channels of the image encoder's three stages."""
     seed: int = 1234
+    binding_twins: bool = True
+    """Train with each caption's binding twins as hard negatives (evidence: the pool's captions)."""
 
 
 def training_pairs(dataset, count: int) -> tuple[torch.Tensor, list[str]]:
@@ -74,12 +81,22 @@ def train_evaluator(
     model = DualEncoder(tokenizer.vocab_size, tokenizer.max_length, dim=recipe.dim, channels=recipe.channels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.steps)
+    twins, has_twin = None, None
+    if recipe.binding_twins:
+        found = binding_twins(tokens, len(SPECIAL_TOKENS), WordPairs.of(tokens, tokenizer.vocab_size))
+        twins = torch.stack([found[kind][0] for kind in TWIN_KINDS])  # (K, N, L)
+        has_twin = torch.stack([found[kind][1] for kind in TWIN_KINDS])  # (K, N)
     model.train()
     batch = min(recipe.batch_size, len(captions))
     for _ in range(recipe.steps):
         index = torch.randperm(len(captions), generator=generator)[:batch]
         same = text_id[index][:, None] == text_id[index][None, :]  # (b, b)
-        loss = model.loss(to_float(images[index]), tokens[index], same)
+        hard = {}
+        if twins is not None:  # one of each caption's twins, at random
+            scores = torch.rand(has_twin.shape[0], len(index), generator=generator)
+            kind = scores.masked_fill(~has_twin[:, index], -1.0).argmax(0)  # (b,)
+            hard = {"hard_tokens": twins[kind, index], "has_hard": has_twin[:, index].any(0)}
+        loss = model.loss(to_float(images[index]), tokens[index], same, **hard)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -191,6 +208,49 @@ def candidate_sets(captions: list[str], candidates: int = 100, seed: int = 0) ->
         others = order[text_id[order] != text_id[i]][: candidates - 1]
         rows.append(torch.cat([torch.tensor([i]), others]))
     return torch.stack(rows)
+
+
+def caption_twins(captions: list[str], tokenizer: CaptionTokenizer, pairs: WordPairs | None = None) -> list[list[str]]:
+    """Each caption's binding twins as text (:func:`m2gan.negatives.binding_twins`, evidence ``pairs``
+    in ``tokenizer``'s ids; None = the captions' own), without repeats or the caption itself."""
+    found = binding_twins(tokenizer.encode(captions), len(SPECIAL_TOKENS), pairs)
+    texts = {kind: [tokenizer.decode(row) if hit else None for row, hit in zip(*found[kind])] for kind in TWIN_KINDS}
+    twins = []
+    for i, caption in enumerate(captions):
+        own = tokenizer.decode(tokenizer.encode([caption])[0])
+        twins.append(list(dict.fromkeys(t for t in (texts[kind][i] for kind in TWIN_KINDS) if t and t != own)))
+    return twins
+
+
+def binding_candidate_sets(
+    captions: list[str], twins: list[list[str]], candidates: int = 100, seed: int = 0
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """R-precision sets that test binding: each caption with twins, then its twins, then random others.
+
+    Args:
+        captions: The images' own captions.
+        twins: Each caption's binding twins (:func:`caption_twins`); captions without any are left out.
+
+    Returns:
+        texts: ``captions`` followed by every twin: the captions to embed.
+        rows: (M,) indices of the captions (and images) that have twins.
+        sets: (M, candidates) indices into ``texts``: own caption, its twins, then captions of other
+            images whose text differs from all of those.
+    """
+    texts, rows, sets = list(captions), [], []
+    generator = torch.Generator().manual_seed(seed)
+    for i, own in enumerate(twins):
+        if not own:
+            continue
+        first = [i, *range(len(texts), len(texts) + len(own))]
+        texts.extend(own)
+        excluded = {captions[i], *own}
+        order = torch.randperm(len(captions), generator=generator).tolist()
+        others = [j for j in order if captions[j] not in excluded][: candidates - len(first)]
+        if len(first) + len(others) == candidates:
+            rows.append(i)
+            sets.append(first + others)
+    return texts, torch.tensor(rows, dtype=torch.long), torch.tensor(sets, dtype=torch.long).reshape(-1, candidates)
 
 
 def _ids(captions: list[str]) -> list[int]:

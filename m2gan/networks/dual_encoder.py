@@ -67,13 +67,32 @@ class DualEncoder(nn.Module):
         """Unit embeddings (B, dim) of token ids (B, L)."""
         return F.normalize(self.text_encoder(tokens)[1], dim=-1)
 
-    def loss(self, images: torch.Tensor, tokens: torch.Tensor, same_text: torch.Tensor | None = None) -> torch.Tensor:
-        """Symmetric InfoNCE over a batch of matching pairs; ``same_text`` (B, B) masks out other
-        pairs whose caption is identical to a row's own, which are not negatives."""
-        logits = self.log_scale.exp().clamp(max=100) * self.encode_images(images) @ self.encode_text(tokens).T
+    def loss(
+        self,
+        images: torch.Tensor,
+        tokens: torch.Tensor,
+        same_text: torch.Tensor | None = None,
+        hard_tokens: torch.Tensor | None = None,
+        has_hard: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Symmetric InfoNCE over a batch of matching pairs (images (B, 3, H, W), tokens (B, L)).
+
+        Args:
+            same_text: (B, B) bool, True where two rows' captions are identical: those pairs are
+                not negatives and are masked out.
+            hard_tokens: (B, L) one more caption per image that it must rank below its own (a
+                binding twin), where ``has_hard`` (B,) bool says it has one.
+        """
+        image_embeddings, text_embeddings = self.encode_images(images), self.encode_text(tokens)
+        scale = self.log_scale.exp().clamp(max=100)
+        logits = scale * image_embeddings @ text_embeddings.T  # (B, B)
         if same_text is not None:
             logits = logits.masked_fill(
                 same_text & ~torch.eye(len(logits), dtype=torch.bool, device=logits.device), float("-inf")
             )
         target = torch.arange(len(logits), device=logits.device)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        text_loss = F.cross_entropy(logits.T, target)
+        if hard_tokens is not None:  # the image's row gains one column: its hard caption
+            hard = scale * (image_embeddings * self.encode_text(hard_tokens)).sum(-1, keepdim=True)  # (B, 1)
+            logits = torch.cat([logits, hard.masked_fill(~has_hard[:, None], float("-inf"))], dim=1)
+        return (F.cross_entropy(logits, target) + text_loss) / 2
