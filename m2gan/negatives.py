@@ -12,8 +12,8 @@ A *binding* negative keeps every word and changes only which word goes with whic
 the same caption trade places ("a *red* circle left of a *blue* square" -> "a *blue* circle left
 of a *red* square"). A discriminator that checks each word against the image on its own cannot
 reject it; one that checks where each word acts can. Again without knowing what words mean, two
-words may trade places when each is already seen in the other's place: the batch holds the word
-pairs (left neighbour, word) and (word, right neighbour) that the swap would create. That rule
+words may trade places when each is already seen in the other's place: the captions hold the
+word pairs (left neighbour, word) and (word, right neighbour) that the swap would create. That rule
 finds colours, sizes and nouns of parallel phrases, and refuses most reorderings that only break
 the grammar ("the *top* *left* corner"). The pairs come from all the captions the vocabulary was
 fitted on (:class:`WordPairs`, computed once by the data module and saved in checkpoints): a batch
