@@ -12,7 +12,7 @@ independent of the discriminator, which learns against the generator.
 * :func:`binding_candidate_sets`: the same protocol where each caption's candidates begin with
   its binding twins (:func:`m2gan.negatives.binding_twins`: the same words, bound to the other
   object), which 99 random captions almost never include. The evaluator is trained with those twins
-  as hard negatives, so it can tell them apart.
+  as hard negatives; how well it then tells them apart is its ceiling on the real images.
 * :func:`diversity`: the mean pairwise cosine distance of images in the evaluator's image space:
   0 when every image of a prompt is the same (a generator that ignores its noise).
 """
@@ -213,11 +213,12 @@ def candidate_sets(captions: list[str], candidates: int = 100, seed: int = 0) ->
 def caption_twins(captions: list[str], tokenizer: CaptionTokenizer, pairs: WordPairs | None = None) -> list[list[str]]:
     """Each caption's binding twins as text (:func:`m2gan.negatives.binding_twins`, evidence ``pairs``
     in ``tokenizer``'s ids; None = the captions' own), without repeats or the caption itself."""
-    found = binding_twins(tokenizer.encode(captions), len(SPECIAL_TOKENS), pairs)
+    tokens = tokenizer.encode(captions)
+    found = binding_twins(tokens, len(SPECIAL_TOKENS), pairs)
     texts = {kind: [tokenizer.decode(row) if hit else None for row, hit in zip(*found[kind])] for kind in TWIN_KINDS}
     twins = []
-    for i, caption in enumerate(captions):
-        own = tokenizer.decode(tokenizer.encode([caption])[0])
+    for i, row in enumerate(tokens):
+        own = tokenizer.decode(row)  # as the twins are written: normalised words
         twins.append(list(dict.fromkeys(t for t in (texts[kind][i] for kind in TWIN_KINDS) if t and t != own)))
     return twins
 
