@@ -259,7 +259,7 @@ class M2GAN(pl.LightningModule):
         tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)
-        if self.objective.word_pairs is None:  # a resumed checkpoint's evidence stays
+        if self.objective.word_pairs is None:  # evidence already read from a checkpoint stays
             self.objective.word_pairs = getattr(self.trainer.datamodule, "word_pairs", None)
         for logger in self.loggers:  # one step axis for every record: batches trained
             if hasattr(logger, "step_source"):
