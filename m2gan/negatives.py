@@ -220,8 +220,8 @@ def _parallel_phrases(words: list[int], grid: torch.Tensor, num_special: int) ->
 
     best = None
     for p, q in grid.nonzero().tolist():
-        while p > 0 and q - 1 > p and aligned(p - 1, q - 1) and words[p - 1] != words[q - 1]:
-            p, q = p - 1, q - 1  # start at the first exchangeable pair of the run
+        if p > 0 and q - 1 > p and bool(grid[p - 1, q - 1]):
+            continue  # not the first exchangeable pair of its run: that pair's turn reads the run
         run = [(p, q)]
         while run[-1][0] + 1 < run[0][1] and run[-1][1] + 1 < length and aligned(run[-1][0] + 1, run[-1][1] + 1):
             run.append((run[-1][0] + 1, run[-1][1] + 1))
