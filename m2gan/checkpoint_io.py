@@ -27,7 +27,7 @@ T = TypeVar("T")
 RENAMED_MODULES = {"generator_ema.": "ema.generator.", "text_encoder_ema.": "ema.text_encoder.",
                    "captioner_ema.": "ema.captioner."}  # fmt: skip
 """Weight-name prefixes of checkpoints written before the EMA networks became one ``SamplingPipeline``."""
-EARLIER_DEFAULTS = {"generator_output": "tanh", "text_position_std": 0.02}
+EARLIER_DEFAULTS = {"generator_output": "tanh", "text_position_std": 0.02, "text_architecture": "transformer"}
 """Model settings whose default changed, with the value checkpoints that do not save them were trained with."""
 
 

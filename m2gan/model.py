@@ -40,6 +40,7 @@ from m2gan.ema import ema_beta, update_ema
 from m2gan.negatives import WordPairs
 from m2gan.networks import Discriminator
 from m2gan.networks.blocks import check_resolution
+from m2gan.networks.text_encoder import TextArchitecture
 from m2gan.objective import GANObjective, GradientPenalty, ObjectiveConfig, TextBatch
 from m2gan.pipeline import PipelineConfig, SamplingPipeline
 from m2gan.tokenizer import PAD_ID, CaptionTokenizer
@@ -65,12 +66,15 @@ class M2GAN(pl.LightningModule):
         vocab_size: Tokenizer vocabulary size (linked from the data module).
         max_length: Tokens per caption (linked from the data module).
         noise_dim: Width of the generator's noise vector.
-        text_width: Width of word embeddings and the text transformer.
+        text_width: Width of the text encoder's word embeddings and word features.
         sentence_dim: Width of the sentence vector that conditions generator and discriminator.
-        text_layers: Transformer layers of the text encoder.
-        text_position_std: Standard deviation of the text encoder's initial position embeddings;
+        text_architecture: How the text encoder reads a caption: ``"gru"`` (bidirectional, in
+            order) or ``"transformer"`` (the first setting). The discriminator learned which word
+            goes with which object from the GRU's sentence vectors, not from the transformer's.
+        text_layers: GRU or transformer layers of the text encoder.
+        text_position_std: Standard deviation of the transformer's initial position embeddings;
             its word embeddings start at 1. At 0.02 (the first setting) the sentence vector stayed
-            blind to word order, so no network could tell which word goes with which object.
+            blind to word order.
         g_channels: Generator channels at full resolution (doubling as the side halves).
         generator_output: The generator's last layer: ``"linear"`` (StyleGAN2; clamped only when
             converted to pixels) or ``"tanh"`` (DF-GAN). A saturated ``tanh`` passes no gradient, and
@@ -146,6 +150,7 @@ class M2GAN(pl.LightningModule):
         noise_dim: int = 64,
         text_width: int = 64,
         sentence_dim: int = 64,
+        text_architecture: TextArchitecture = "gru",
         text_layers: int = 1,
         text_position_std: float = 1.0,
         g_channels: int = 16,

@@ -44,6 +44,7 @@ class PipelineConfig(SettingsGroup):
     word_attention_sides: tuple[int, ...] = ()  # absent from exports written before it existed
     generator_output: str = "tanh"  # absent from exports written before it existed, which all ended in tanh
     text_position_std: float = 1.0  # initialisation only: loaded weights overwrite it
+    text_architecture: str = "transformer"  # absent from exports written before it existed, which all used one
 
     def __post_init__(self) -> None:  # a list from YAML or JSON, a tuple here: configs compare equal
         object.__setattr__(self, "word_attention_sides", tuple(self.word_attention_sides))
@@ -63,6 +64,7 @@ class PipelineConfig(SettingsGroup):
                 self.sentence_dim,
                 self.text_layers,
                 position_std=self.text_position_std,
+                architecture=self.text_architecture,
             )
         )
 

@@ -69,7 +69,8 @@ def relative_distances(model: M2GAN, reference: M2GAN) -> dict[str, float]:
     "torch may take other kernels",
 )
 def test_an_old_checkpoint_resumes_to_the_uninterrupted_run(old, tmp_path):
-    as_trained = {"generator_output": "tanh", "text_position_std": 0.02}  # the defaults the fixture was trained with
+    # The defaults the fixture was trained with.
+    as_trained = {"generator_output": "tanh", "text_position_std": 0.02, "text_architecture": "transformer"}
     straight, _ = _run(tmp_path / "straight", **as_trained)
     resumed, trainer = _run(tmp_path / "resumed", ckpt_path=str(old / "step=6.ckpt"), **as_trained)
     assert trainer.global_step == 32

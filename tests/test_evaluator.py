@@ -4,17 +4,22 @@ and the callback that logs them."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections import Counter
 from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from callbacks import TextImageConsistency
 from m2gan.data import CaptionDataModule
 from m2gan.data.shapes import ShapesDataset
 from m2gan.eval import evaluator as ev
 from m2gan.images import to_uint8
+from m2gan.networks import DualEncoder
 from m2gan.tokenizer import CaptionTokenizer
 
 RECIPE = ev.EvaluatorRecipe(pool_size=1500, steps=300)
@@ -62,6 +67,7 @@ def test_the_evaluator_is_cached_by_its_data_and_reused(tmp_path, monkeypatch):
     assert ev.evaluator_file(data, tokenizer, 32, small, tmp_path) == path
     model, read_tokenizer, resolution = ev.load_evaluator(path)
     assert resolution == 32 and model.image_encoder[0].out_channels == small.channels[0]
+    assert model.text_encoder.architecture == small.text_architecture == "gru"
     assert read_tokenizer == tokenizer
     key = ev.evaluator_key
     other_data = ShapesDataset("train", 200, 32, seed=1)
@@ -74,8 +80,26 @@ def test_the_evaluator_is_cached_by_its_data_and_reused(tmp_path, monkeypatch):
         key(data.fingerprint, other_words, 32, small),
         key(data.fingerprint, tokenizer, 64, small),
         key(data.fingerprint, tokenizer, 32, RECIPE),
+        key(data.fingerprint, tokenizer, 32, dataclasses.replace(small, text_architecture="transformer")),
     }
-    assert len(keys) == 6
+    assert len(keys) == 7
+
+
+def test_an_evaluator_file_written_before_the_gru_loads_as_a_transformer(tmp_path):
+    tokenizer = CaptionTokenizer.fit(["a red circle", "a blue square"])
+    torch.manual_seed(0)
+    model = DualEncoder(tokenizer.vocab_size, tokenizer.max_length, channels=(4, 4, 4), text_architecture="transformer")
+    path = tmp_path / "old.safetensors"
+    ev.save_evaluator(model.eval(), tokenizer, path, 32)
+    with safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata()
+    sizes = json.loads(metadata["sizes"])
+    del sizes["text_architecture"]  # as files written before the key existed
+    save_file(load_file(str(path)), str(path), {**metadata, "sizes": json.dumps(sizes)})
+    loaded, _, _ = ev.load_evaluator(path)
+    tokens = tokenizer.encode(["a red circle", "a blue square"])
+    assert loaded.text_encoder.architecture == "transformer"
+    torch.testing.assert_close(loaded.encode_text(tokens), model.encode_text(tokens))
 
 
 def test_a_corrupt_evaluator_file_is_one_clear_error(tmp_path):

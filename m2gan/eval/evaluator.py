@@ -52,6 +52,8 @@ class EvaluatorRecipe:
     seed: int = 1234
     binding_twins: bool = True
     """Train with each caption's binding twins as hard negatives (evidence: the pool's captions)."""
+    text_architecture: str = "gru"
+    """Its caption encoder's (:class:`~m2gan.networks.TextEncoder`); the GRU ranks binding twins better."""
 
 
 def training_pairs(dataset, count: int) -> tuple[torch.Tensor, list[str]]:
@@ -78,7 +80,13 @@ def train_evaluator(
     generator = torch.Generator().manual_seed(recipe.seed)
     tokens = tokenizer.encode(captions)  # (N, L)
     text_id = torch.unique(tokens, dim=0, return_inverse=True)[1]  # (N,) equal captions share an id
-    model = DualEncoder(tokenizer.vocab_size, tokenizer.max_length, dim=recipe.dim, channels=recipe.channels)
+    model = DualEncoder(
+        tokenizer.vocab_size,
+        tokenizer.max_length,
+        dim=recipe.dim,
+        channels=recipe.channels,
+        text_architecture=recipe.text_architecture,
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.steps)
     twins, has_twin = None, None
@@ -109,7 +117,8 @@ def save_evaluator(model: DualEncoder, tokenizer: CaptionTokenizer, path: str | 
     text = model.text_encoder
     sizes = {
         "vocab_size": text.token_embedding.num_embeddings,
-        "max_length": text.position_embedding.shape[0],
+        "max_length": text.max_length,
+        "text_architecture": text.architecture,
         "dim": model.image_encoder[-1].out_features,
         "channels": [model.image_encoder[i].out_channels for i in (0, 4, 8)],
         "resolution": resolution,
@@ -130,7 +139,11 @@ def load_evaluator(path: str | os.PathLike) -> tuple[DualEncoder, CaptionTokeniz
         tokenizer = CaptionTokenizer.from_json(metadata["tokenizer"])
         state = load_file(str(path))
         model = DualEncoder(
-            sizes["vocab_size"], sizes["max_length"], dim=sizes["dim"], channels=tuple(sizes["channels"])
+            sizes["vocab_size"],
+            sizes["max_length"],
+            dim=sizes["dim"],
+            channels=tuple(sizes["channels"]),
+            text_architecture=sizes.get("text_architecture", "transformer"),  # older files: all transformers
         )
         model.load_state_dict(state)
     except Exception as error:  # noqa: BLE001 - safetensors and load_state_dict raise their own types

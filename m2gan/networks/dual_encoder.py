@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m2gan.networks.text_encoder import TextEncoder
+from m2gan.networks.text_encoder import TextArchitecture, TextEncoder
 
 
 class DualEncoder(nn.Module):
-    """Image encoder (a small CNN) and caption encoder (a one-layer transformer), unit-norm outputs.
+    """Image encoder (a small CNN) and caption encoder (one layer), unit-norm outputs.
 
     Args:
         vocab_size: Token ids of the tokenizer whose captions it reads.
@@ -26,6 +26,7 @@ class DualEncoder(nn.Module):
         dim: Width of the shared embedding space.
         channels: Channels of the image encoder's three convolution stages.
         text_width: Width of the caption encoder.
+        text_architecture: The caption encoder's (:class:`~m2gan.networks.TextEncoder`).
         temperature: Initial softmax temperature of the contrastive loss (learned from there).
     """
 
@@ -36,6 +37,7 @@ class DualEncoder(nn.Module):
         dim: int = 64,
         channels: tuple[int, int, int] = (32, 64, 128),
         text_width: int = 64,
+        text_architecture: TextArchitecture = "gru",
         temperature: float = 0.07,
     ) -> None:
         super().__init__()
@@ -56,7 +58,9 @@ class DualEncoder(nn.Module):
             nn.Flatten(),  # (B, c3 * 16): a coarse layout, so "left" and "top" can be read
             nn.Linear(c3 * 16, dim),
         )
-        self.text_encoder = TextEncoder(vocab_size, max_length, text_width, sentence_dim=dim, num_layers=1)
+        self.text_encoder = TextEncoder(
+            vocab_size, max_length, text_width, sentence_dim=dim, num_layers=1, architecture=text_architecture
+        )
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
