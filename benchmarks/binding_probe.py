@@ -11,7 +11,7 @@ two-object shapes scenes, with no generator, and swaps each half for an oracle r
   which side);
 * text ``oracle-sum``: the same code without the products: every fact of the caption, as a sum;
 * image ``discriminator``: M2GAN's discriminator's image embedding;
-* image ``oracle``: each colour's, shape's and size's presence and mean grid position in the scene.
+* image ``oracle``: each colour's, shape's and size's presence and grid position in the scene.
 
 The critic learns from the discriminator's matching-aware hinge loss: (image, own caption) is real,
 (image, another scene's caption) and (image, a binding twin of its caption) are fake. Printed:
@@ -118,7 +118,7 @@ class OracleText(nn.Module):
 
 
 class OracleImage(nn.Module):
-    """A scene's objects -> each colour's, shape's and size's presence and mean (column, row), embedded."""
+    """A scene's objects -> each colour's, shape's and size's presence and grid (column, row), summed over objects."""
 
     def __init__(self, embed_dim: int) -> None:
         super().__init__()
