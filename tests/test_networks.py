@@ -94,10 +94,9 @@ def _order_read(architecture: str, scramble: bool) -> float:
         optimizer.step()
     with torch.no_grad():
         read = head(encoder(tokens[500:])[1])
-    left_first = target[500:].argmin(1)  # the left-hand object's colour
-    right_second = target[500:].argmax(1)
+    left_colour, right_colour = target[500:].argmin(1), target[500:].argmax(1)
     rows = torch.arange(100)
-    return float((read[rows, right_second] > read[rows, left_first]).float().mean())
+    return float((read[rows, right_colour] > read[rows, left_colour]).float().mean())
 
 
 @pytest.mark.parametrize("architecture", ["gru", "transformer"])
