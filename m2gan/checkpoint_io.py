@@ -19,6 +19,7 @@ from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from m2gan.atomic import atomic_path
+from m2gan.pretrained import PretrainedTextError
 
 TOKENIZER_KEY = "m2gan_tokenizer"
 RNG_KEY = "m2gan_rng_states"
@@ -103,6 +104,8 @@ def valid_settings(source: str | os.PathLike, make: Callable[[], T]) -> T:
         return make()
     except CheckpointError:
         raise
+    except PretrainedTextError as error:  # names its folder and reason already
+        raise CheckpointError(f"{source}: {error}") from None
     except (TypeError, ValueError, KeyError, AttributeError) as error:
         raise CheckpointError(f"{source}: its model settings are not valid here: {error!r}") from None
 
@@ -112,6 +115,7 @@ def load_weights(
 ) -> None:
     """Load ``state`` into ``module`` strictly; a mismatch names the weights as ``source`` calls them (``prefix`` + name)."""
     check_weights(source, module, state, prefix)
+    check_text_sources(source, module, state)
     module.load_state_dict(state)
 
 
@@ -135,6 +139,17 @@ def check_weights(
             f"{source}: does not fit this model ({'; '.join(problems)}); it was written by another M2GAN version "
             "or config"
         )
+
+
+def check_text_sources(source: str | os.PathLike, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Raise a :class:`CheckpointError` unless every pretrained text model in ``module`` is the one ``state`` was trained with."""
+    for name, submodule in module.named_modules():
+        saved = state.get(f"{name}.source_digest" if name else "source_digest")
+        if saved is not None and hasattr(submodule, "check_source"):
+            try:
+                submodule.check_source(saved)
+            except ValueError as error:
+                raise CheckpointError(f"{source}: {error}") from None
 
 
 def _summary(names: list[str], prefix: str, shown: int = 3) -> str:

@@ -33,6 +33,7 @@ from m2gan.checkpoint_io import (
 )
 from m2gan.model import M2GAN
 from m2gan.pipeline import PipelineConfig, SamplingPipeline
+from m2gan.pretrained import copy_model_files
 from m2gan.tokenizer import CaptionTokenizer
 
 __all__ = ["CheckpointError", "export", "load", "load_checkpoint", "load_export"]
@@ -42,6 +43,8 @@ EXPORT_VERSION = 2  # 1: the whole model's settings under "hparams", weights nam
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 EXPORTED_MODULES = ("text_encoder", "generator", "captioner")
+TEXT_ENCODER_FOLDER = "text_encoder"
+"""Where an export that includes its pretrained text model keeps that model's files."""
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", ema: bool = True) -> SamplingPipeline:
@@ -82,25 +85,33 @@ def load_checkpoint(
     return pipeline.to(map_location).eval()
 
 
-def export(pipeline: SamplingPipeline, out_dir: str | os.PathLike) -> Path:
+def export(pipeline: SamplingPipeline, out_dir: str | os.PathLike, include_text_encoder: bool = False) -> Path:
     """Write a sampling pipeline's networks, sizes and tokenizer to ``out_dir`` (which must not exist, or be empty).
 
     The files are written to a temporary folder beside ``out_dir`` and moved into place at the end,
     so an interrupted export leaves nothing half-written. To export a training module, pass its
     EMA pipeline (``model.ema``).
+
+    Args:
+        include_text_encoder: With a pretrained text model, copy its folder's files into
+            ``out_dir/text_encoder`` so that the export is self-contained; otherwise the export
+            names the folder (and its hash), which must then be there when it is loaded.
     """
     if pipeline.tokenizer is None:
         raise ValueError("the model has no tokenizer: nothing could read its exports")
+    text_folder = pipeline.config.text_encoder
+    if include_text_encoder and text_folder is None:
+        raise ValueError("the model has the built-in text encoder, whose weights every export holds already")
     tensors = {name: value.detach().cpu().contiguous() for name, value in pipeline.state_dict().items()}
-    config = {
-        "format": EXPORT_FORMAT,
-        "version": EXPORT_VERSION,
-        "pipeline": pipeline.config.to_dict(),
-        "tokenizer": pipeline.tokenizer.to_json(),
-    }
+    sizes = pipeline.config.to_dict()
+    if include_text_encoder:
+        sizes["text_encoder"] = TEXT_ENCODER_FOLDER  # relative: read from inside the export
+    config = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "pipeline": sizes, "tokenizer": pipeline.tokenizer.to_json()}
     with staged_folder(out_dir) as staging:
         save_file(tensors, staging / WEIGHTS_FILE, metadata={"format": EXPORT_FORMAT})
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        if include_text_encoder:
+            copy_model_files(Path(text_folder), staging / TEXT_ENCODER_FOLDER)
     return Path(out_dir)
 
 
@@ -145,6 +156,9 @@ def _export_sizes(config_path: Path, sizes: dict) -> PipelineConfig:
     unknown = sorted(set(sizes) - set(PipelineConfig.__dataclass_fields__))
     if unknown:
         raise CheckpointError(f"{config_path}: written by a newer or different M2GAN: unknown settings {unknown}")
+    folder = sizes.get("text_encoder")
+    if isinstance(folder, str) and not os.path.isabs(folder):  # included in the export
+        sizes = {**sizes, "text_encoder": str(config_path.parent / folder)}
     return PipelineConfig(**sizes)
 
 
@@ -172,13 +186,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="m2gan-export", description=main.__doc__)
     parser.add_argument("checkpoint", help="a .ckpt written by train.py")
     parser.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
+    parser.add_argument(
+        "--include-text-encoder",
+        action="store_true",
+        help="copy the pretrained text model's files into the export (else it names their folder, which must stay)",
+    )
     args = parser.parse_args(argv)
     try:
-        out = export(load_checkpoint(args.checkpoint), args.out)
+        out = export(load_checkpoint(args.checkpoint), args.out, args.include_text_encoder)
     except (ValueError, FileNotFoundError) as error:
         print(f"m2gan-export: error: {error}", file=sys.stderr)
         return 1
-    print(f"exported to {out} ({WEIGHTS_FILE}, {CONFIG_FILE})", file=sys.stderr)
+    included = f", {TEXT_ENCODER_FOLDER}/" if args.include_text_encoder else ""
+    print(f"exported to {out} ({WEIGHTS_FILE}, {CONFIG_FILE}{included})", file=sys.stderr)
     return 0
 
 

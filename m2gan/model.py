@@ -29,6 +29,7 @@ from m2gan.checkpoint_io import (
     WORD_PAIRS_KEY,
     EARLIER_DEFAULTS,
     CheckpointError,
+    check_text_sources,
     check_weights,
     load_weights,
     model_settings,
@@ -71,6 +72,14 @@ class M2GAN(pl.LightningModule):
         text_architecture: How the text encoder reads a caption: ``"gru"`` (bidirectional, in
             order) or ``"transformer"`` (the first setting). The discriminator learned which word
             goes with which object from the GRU's sentence vectors, not from the transformer's.
+        text_encoder: Folder of a pretrained ``transformers`` text model (CLIP text, T5 encoder,
+            BERT-style; ``save_pretrained`` or a hub snapshot, never downloaded) that encodes the
+            captions instead of the built-in encoder; None = the built-in one (``text_architecture``).
+            Its features are projected to ``text_width`` and ``sentence_dim``. Checkpoints name the
+            folder and the SHA-256 of its files, and refuse to load with another.
+        text_encoder_trainable: Fine-tune the pretrained model (by the discriminator's losses, at
+            ``lr_text_encoder``; its weights are then saved in checkpoints) instead of keeping it frozen.
+        lr_text_encoder: Learning rate of a fine-tuned pretrained text model.
         text_layers: GRU or transformer layers of the text encoder.
         text_position_std: Standard deviation of the transformer's initial position embeddings;
             its word embeddings start at 1. At 0.02 (the first setting) the sentence vector stayed
@@ -151,6 +160,9 @@ class M2GAN(pl.LightningModule):
         text_width: int = 64,
         sentence_dim: int = 64,
         text_architecture: TextArchitecture = "gru",
+        text_encoder: str | None = None,
+        text_encoder_trainable: bool = False,
+        lr_text_encoder: float = 1e-5,
         text_layers: int = 1,
         text_position_std: float = 1.0,
         g_channels: int = 16,
@@ -196,6 +208,7 @@ class M2GAN(pl.LightningModule):
             ("lr_g", lr_g),
             ("lr_d", lr_d),
             ("lr_captioner", lr_captioner),
+            ("lr_text_encoder", lr_text_encoder),
             ("contrastive_temperature", contrastive_temperature),
             ("caption_temperature", caption_temperature),
         )
@@ -216,19 +229,28 @@ class M2GAN(pl.LightningModule):
             raise ValueError(
                 "model.cycle_weight > 0 needs model.caption_weight > 0: an untrained captioner cannot judge"
             )
+        if text_encoder_trainable and text_encoder is None:
+            raise ValueError("model.text_encoder_trainable needs model.text_encoder: the folder of a pretrained model")
+        if text_encoder is not None:
+            if caption_adversarial_weight > 0:
+                raise ValueError(
+                    "model.caption_adversarial_weight > 0 needs the built-in text encoder: a pretrained one reads "
+                    "word ids, not the captioner's relaxed tokens"
+                )
+            text_encoder = os.path.abspath(os.path.expanduser(text_encoder))  # checkpoints work from any folder
         self.save_hyperparameters()
         self.automatic_optimization = False
         self._rng_to_restore: dict | None = None
         self._train_logs: dict[str, torch.Tensor] = {}  # written by write_train_logs
 
         sizes = PipelineConfig.from_settings(self.hparams)
-        self.text_encoder = sizes.text_encoder()
-        self.generator = sizes.generator()
+        self.text_encoder = sizes.make_text_encoder()
+        self.generator = sizes.make_generator()
         word_dim = text_width if word_region_weight > 0 else None
         self.discriminator = Discriminator(resolution, sentence_dim, d_channels, max_channels, embed_dim, word_dim)
         if channels_last:
             self.discriminator.to(memory_format=torch.channels_last)
-        self.captioner = sizes.captioner()
+        self.captioner = sizes.make_captioner()
         # The sampling pipeline: EMA copies of text encoder, generator and captioner, never trained directly.
         self.ema = SamplingPipeline(
             *(copy.deepcopy(net).requires_grad_(False) for net in (self.text_encoder, self.generator, self.captioner)),
@@ -258,6 +280,7 @@ class M2GAN(pl.LightningModule):
     def set_tokenizer(self, tokenizer: CaptionTokenizer) -> None:
         """Attach the tokenizer the token ids come from; it must fit ``vocab_size`` and ``max_length``."""
         self.ema.set_tokenizer(tokenizer)
+        self.text_encoder.set_vocabulary(tokenizer.vocabulary())
 
     def setup(self, stage: str) -> None:
         # The data module owns the tokenizer it fitted on the training captions.
@@ -352,6 +375,7 @@ class M2GAN(pl.LightningModule):
             raise CheckpointError(f"{path}: {error}") from None
         self.upgrade_state_dict(checkpoint["state_dict"])
         check_weights(path, self, checkpoint["state_dict"])
+        check_text_sources(path, self, checkpoint["state_dict"])
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> M2GAN:
@@ -382,8 +406,13 @@ class M2GAN(pl.LightningModule):
             lr=hp.lr_g,
             betas=tuple(hp.betas),
         )
-        d_params = [*self.discriminator.parameters(), *self.text_encoder.parameters()]
-        opt_d = torch.optim.Adam(d_params, lr=hp.lr_d, betas=tuple(hp.betas))
+        # The text encoder learns with the discriminator; a fine-tuned pretrained model at its own rate.
+        pretrained = list(self.text_encoder.backbone.parameters()) if hp.text_encoder_trainable else []
+        text_params = [p for p in self.text_encoder.parameters() if id(p) not in {id(q) for q in pretrained}]
+        d_groups = [{"params": [*self.discriminator.parameters(), *text_params]}]
+        if pretrained:
+            d_groups.append({"params": pretrained, "lr": hp.lr_text_encoder})
+        opt_d = torch.optim.Adam(d_groups, lr=hp.lr_d, betas=tuple(hp.betas))
         return opt_g, opt_d
 
     # ------------------------------------------------------------------ training

@@ -19,7 +19,8 @@ from torch import nn
 
 from m2gan import decoding
 from m2gan.images import ImageInput, prepare_images, to_uint8
-from m2gan.networks import Captioner, Generator, TextEncoder
+from m2gan.networks import Captioner, Generator, PretrainedTextEncoder, TextEncoder
+from m2gan.pretrained import load_pretrained_text
 from m2gan.settings import SettingsGroup
 from m2gan.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, CaptionTokenizer
 
@@ -45,6 +46,8 @@ class PipelineConfig(SettingsGroup):
     generator_output: str = "tanh"  # absent from exports written before it existed, which all ended in tanh
     text_position_std: float = 1.0  # initialisation only: loaded weights overwrite it
     text_architecture: str = "transformer"  # absent from exports written before it existed, which all used one
+    text_encoder: str | None = None  # a pretrained model's folder; None = the built-in encoder (text_architecture)
+    text_encoder_trainable: bool = False
 
     def __post_init__(self) -> None:  # a list from YAML or JSON, a tuple here: configs compare equal
         object.__setattr__(self, "word_attention_sides", tuple(self.word_attention_sides))
@@ -53,9 +56,24 @@ class PipelineConfig(SettingsGroup):
         return asdict(self)
 
     # Each builder makes a fresh, randomly initialised network (M2GAN draws their initial weights in
-    # a fixed order, with the discriminator between generator and captioner).
+    # a fixed order, with the discriminator between generator and captioner); a pretrained text
+    # model is read from its folder, only its projections are new.
 
-    def text_encoder(self) -> TextEncoder:
+    def make_text_encoder(self) -> TextEncoder | PretrainedTextEncoder:
+        if self.text_encoder is not None:
+            source = load_pretrained_text(self.text_encoder)
+            return PretrainedTextEncoder(
+                source.model,
+                source.tokenizer,
+                source.kind,
+                source.digest,
+                self.max_length,
+                self.text_width,
+                self.sentence_dim,
+                (PAD_ID, UNK_ID, BOS_ID, EOS_ID),
+                trainable=self.text_encoder_trainable,
+                folder=str(source.folder),
+            )
         return self._layout(
             TextEncoder(
                 self.vocab_size,
@@ -68,7 +86,7 @@ class PipelineConfig(SettingsGroup):
             )
         )
 
-    def generator(self) -> Generator:
+    def make_generator(self) -> Generator:
         return self._layout(
             Generator(
                 self.resolution,
@@ -82,7 +100,7 @@ class PipelineConfig(SettingsGroup):
             )
         )
 
-    def captioner(self) -> Captioner:
+    def make_captioner(self) -> Captioner:
         captioner = Captioner(
             self.resolution,
             self.vocab_size,
@@ -155,7 +173,7 @@ class SamplingPipeline(nn.Module):
     """Text → image and image → text with one set of networks (an ``M2GAN``'s EMA copies, usually).
 
     Args:
-        text_encoder: Turns token ids into sentence vectors for the generator.
+        text_encoder: Turns token ids into word features and sentence vectors for the generator.
         generator: Draws images from noise and sentence vectors.
         captioner: Describes images.
         config: The sizes the three were built with (an export writes them beside the weights).
@@ -164,7 +182,7 @@ class SamplingPipeline(nn.Module):
 
     def __init__(
         self,
-        text_encoder: TextEncoder,
+        text_encoder: TextEncoder | PretrainedTextEncoder,
         generator: Generator,
         captioner: Captioner,
         config: PipelineConfig,
@@ -173,12 +191,14 @@ class SamplingPipeline(nn.Module):
         super().__init__()
         self.text_encoder, self.generator, self.captioner = text_encoder, generator, captioner
         self.config = config
-        self.tokenizer = tokenizer
+        self.tokenizer: CaptionTokenizer | None = None
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer)
 
     @classmethod
     def build(cls, config: PipelineConfig, tokenizer: CaptionTokenizer | None = None) -> SamplingPipeline:
         """A pipeline of freshly initialised networks of ``config``'s sizes (weights to be loaded)."""
-        return cls(config.text_encoder(), config.generator(), config.captioner(), config, tokenizer)
+        return cls(config.make_text_encoder(), config.make_generator(), config.make_captioner(), config, tokenizer)
 
     @property
     def resolution(self) -> int:
@@ -191,6 +211,7 @@ class SamplingPipeline(nn.Module):
     def set_tokenizer(self, tokenizer: CaptionTokenizer) -> None:
         """Attach the tokenizer the token ids come from; it must fit the networks' vocabulary and length."""
         self.check_tokenizer(tokenizer)
+        self.text_encoder.set_vocabulary(tokenizer.vocabulary())
         self.tokenizer = tokenizer
 
     def check_tokenizer(self, tokenizer: CaptionTokenizer) -> None:

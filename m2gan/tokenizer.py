@@ -54,6 +54,10 @@ class CaptionTokenizer:
         """Number of token ids, special tokens included."""
         return self._tokenizer.get_vocab_size()
 
+    def vocabulary(self) -> list[str]:
+        """Every token by id (the word of id ``i`` at ``i``), special tokens included."""
+        return [self._tokenizer.id_to_token(i) for i in range(self.vocab_size)]
+
     def to_json(self) -> str:
         """Serialise vocabulary, normaliser and ``max_length`` to one JSON string."""
         return json.dumps({"tokenizer": self._tokenizer.to_str(), "max_length": self.max_length})

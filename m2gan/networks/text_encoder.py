@@ -78,6 +78,9 @@ class TextEncoder(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.to_sentence = nn.Linear(width, sentence_dim)
 
+    def set_vocabulary(self, words: list[str]) -> None:
+        """Nothing to do: this encoder learns its own embedding of each word id (a pretrained one looks words up)."""
+
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode token ids (B, L) long, or token distributions (B, L, vocab) float.
 
