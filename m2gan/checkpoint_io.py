@@ -142,7 +142,7 @@ def check_weights(
 
 
 def check_text_sources(source: str | os.PathLike, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Raise a :class:`CheckpointError` unless every pretrained text model in ``module`` is the one ``state`` was trained with."""
+    """Raise a :class:`CheckpointError` unless each pretrained text model in ``module`` is the one of ``state``."""
     for name, submodule in module.named_modules():
         saved = state.get(f"{name}.source_digest" if name else "source_digest")
         if saved is not None and hasattr(submodule, "check_source"):

@@ -106,7 +106,8 @@ def export(pipeline: SamplingPipeline, out_dir: str | os.PathLike, include_text_
     sizes = pipeline.config.to_dict()
     if include_text_encoder:
         sizes["text_encoder"] = TEXT_ENCODER_FOLDER  # relative: read from inside the export
-    config = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "pipeline": sizes, "tokenizer": pipeline.tokenizer.to_json()}
+    tokenizer = pipeline.tokenizer.to_json()
+    config = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "pipeline": sizes, "tokenizer": tokenizer}
     with staged_folder(out_dir) as staging:
         save_file(tensors, staging / WEIGHTS_FILE, metadata={"format": EXPORT_FORMAT})
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2))

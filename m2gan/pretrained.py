@@ -167,7 +167,8 @@ def load_pretrained_text(folder: str | Path) -> PretrainedText:
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except Exception as error:  # noqa: BLE001
-            raise PretrainedTextError(f"{where}: holds no tokenizer that could be read ({_first_line(error)})") from None
+            reason = _first_line(error)
+            raise PretrainedTextError(f"{where}: holds no tokenizer that could be read ({reason})") from None
     embedded = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > embedded:
         raise PretrainedTextError(
