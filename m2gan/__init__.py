@@ -4,11 +4,11 @@ Sampling: ``import m2gan; model = m2gan.load(path); model.generate([...]); model
 """
 
 
-def load(path, map_location="cpu", ema=True):  # noqa: ANN001, ANN201 - typed in m2gan.export.load
+def load(path, map_location="cpu", ema=True, text_encoder=None):  # noqa: ANN001, ANN201 - typed in m2gan.export.load
     """Load a training checkpoint (``.ckpt``) or an export folder as a sampling pipeline; see :func:`m2gan.export.load`."""
     from m2gan.export import load as load_model  # deferred: importing m2gan stays light
 
-    return load_model(path, map_location, ema)
+    return load_model(path, map_location, ema, text_encoder)
 
 
 def __getattr__(name: str):  # noqa: ANN202 - the error class, imported only when asked for

@@ -14,6 +14,7 @@ Both give a :class:`~m2gan.pipeline.SamplingPipeline` in eval mode whose ``gener
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -47,12 +48,19 @@ TEXT_ENCODER_FOLDER = "text_encoder"
 """Where an export that includes its pretrained text model keeps that model's files."""
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", ema: bool = True) -> SamplingPipeline:
+def load(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    ema: bool = True,
+    text_encoder: str | os.PathLike | None = None,
+) -> SamplingPipeline:
     """Load a training checkpoint (file) or an export (folder) for sampling, in eval mode.
 
     Args:
         ema: Sample with the EMA networks (the default); False takes a checkpoint's trained ones
             (an export holds only the EMA networks).
+        text_encoder: Where the pretrained text model it was trained with lies now, if it moved
+            (its files must hash as they did); None = the folder it names.
 
     Raises:
         FileNotFoundError: nothing at ``path``.
@@ -63,12 +71,15 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", ema:
     if path.is_dir():
         if not ema:
             raise CheckpointError(f"{path}: an export holds only the EMA networks: load it with ema=True")
-        return load_export(path, map_location)
-    return load_checkpoint(path, map_location, ema)
+        return load_export(path, map_location, text_encoder)
+    return load_checkpoint(path, map_location, ema, text_encoder)
 
 
 def load_checkpoint(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu", ema: bool = True
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    ema: bool = True,
+    text_encoder: str | os.PathLike | None = None,
 ) -> SamplingPipeline:
     """Load the sampling pipeline of a ``.ckpt`` written by training; see :func:`load`."""
     checkpoint = read_checkpoint(path, map_location)
@@ -80,7 +91,7 @@ def load_checkpoint(
         if name.startswith(prefix) and name[len(prefix) :].split(".", 1)[0] in EXPORTED_MODULES
     }
     tokenizer = valid_settings(path, lambda: CaptionTokenizer.from_json(checkpoint[TOKENIZER_KEY]))
-    pipeline = _build(path, config, tokenizer)
+    pipeline = _build(path, config, tokenizer, text_encoder)
     load_weights(path, pipeline, state, prefix)
     return pipeline.to(map_location).eval()
 
@@ -116,7 +127,11 @@ def export(pipeline: SamplingPipeline, out_dir: str | os.PathLike, include_text_
     return Path(out_dir)
 
 
-def load_export(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> SamplingPipeline:
+def load_export(
+    directory: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    text_encoder: str | os.PathLike | None = None,
+) -> SamplingPipeline:
     """Load an export folder written by :func:`export` (this version or version 1); see :func:`load`."""
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
@@ -145,7 +160,7 @@ def load_export(directory: str | os.PathLike, map_location: str | torch.device =
     else:
         sizes = valid_settings(config_path, lambda: _export_sizes(config_path, config["pipeline"]))
     tokenizer = valid_settings(config_path, lambda: CaptionTokenizer.from_json(config["tokenizer"]))
-    pipeline = _build(directory, sizes, tokenizer)
+    pipeline = _build(directory, sizes, tokenizer, text_encoder)
     load_weights(directory, pipeline, tensors, prefix="")
     return pipeline.to(map_location).eval()
 
@@ -175,7 +190,16 @@ def _pipeline_config(source: str | os.PathLike, hparams: dict) -> PipelineConfig
     return valid_settings(source, lambda: PipelineConfig.from_settings(settings))
 
 
-def _build(source: str | os.PathLike, config: PipelineConfig, tokenizer: CaptionTokenizer) -> SamplingPipeline:
+def _build(
+    source: str | os.PathLike,
+    config: PipelineConfig,
+    tokenizer: CaptionTokenizer,
+    text_encoder: str | os.PathLike | None = None,
+) -> SamplingPipeline:
+    if text_encoder is not None:
+        if config.text_encoder is None:
+            raise CheckpointError(f"{source}: has the built-in text encoder: a pretrained model's folder cannot apply")
+        config = dataclasses.replace(config, text_encoder=os.path.abspath(text_encoder))
     return valid_settings(source, lambda: SamplingPipeline.build(config, tokenizer).requires_grad_(False))
 
 
@@ -187,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="m2gan-export", description=main.__doc__)
     parser.add_argument("checkpoint", help="a .ckpt written by train.py")
     parser.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
+    parser.add_argument("--text-encoder", help="where the pretrained text model lies now, if it moved")
     parser.add_argument(
         "--include-text-encoder",
         action="store_true",
@@ -194,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        out = export(load_checkpoint(args.checkpoint), args.out, args.include_text_encoder)
+        pipeline = load_checkpoint(args.checkpoint, text_encoder=args.text_encoder)
+        out = export(pipeline, args.out, args.include_text_encoder)
     except (ValueError, FileNotFoundError) as error:
         print(f"m2gan-export: error: {error}", file=sys.stderr)
         return 1

@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("checkpoint", help="a .ckpt written by train.py, or a folder written by m2gan-export")
         sub.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if present")
         sub.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+        sub.add_argument("--text-encoder", help="where the pretrained text model lies now, if it moved")
         sub.add_argument(
             "--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA networks (default)"
         )
@@ -261,7 +262,7 @@ def _run(args: argparse.Namespace, load) -> int:
         device = pick_device(args.device)
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-        model = load(args.checkpoint, map_location=device, ema=args.ema)
+        model = load(args.checkpoint, map_location=device, ema=args.ema, text_encoder=args.text_encoder)
         run = {"generate": run_generate, "interpolate": run_interpolate, "caption": run_caption}[args.command]
         summary = run(args, model)
     except (ValueError, FileNotFoundError) as error:
