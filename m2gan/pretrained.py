@@ -169,6 +169,11 @@ def load_pretrained_text(folder: str | Path) -> PretrainedText:
         except Exception as error:  # noqa: BLE001
             reason = _first_line(error)
             raise PretrainedTextError(f"{where}: holds no tokenizer that could be read ({reason})") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise PretrainedTextError(
+            f"{where}: its tokenizer ({type(tokenizer).__name__}) is not a fast (tokenizers-backed) one, "
+            "which reading caption words needs; save the model's fast tokenizer (tokenizer.json) in the folder"
+        )
     embedded = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > embedded:
         raise PretrainedTextError(

@@ -23,6 +23,8 @@ from m2gan.sample import main as sample_main
 from tests.conftest import TINY_MODEL
 from tests.test_train_cli import TINY, checkpoints, run_train
 
+pytest.importorskip("transformers")  # the [hf] extra, part of [test]; like the demo's tests without gradio
+
 KINDS = ["clip", "t5", "bert"]
 CAPTIONS = ["a large red circle in the top left", "a small blue square at the bottom", "a big green cross"]
 
@@ -133,6 +135,7 @@ def test_a_frozen_encoder_stays_unchanged_shared_and_out_of_checkpoints(data, fo
     trainer = fit(model, data)
     for name, value in backbone.state_dict().items():
         assert torch.equal(value, before[name]), name
+    assert not backbone.training  # no dropout in a frozen model, whatever mode training sets
     assert not torch.equal(model.text_encoder.to_sentence.weight, projection)  # the projections did train
 
     path = tmp_path / "model.ckpt"
@@ -150,6 +153,7 @@ def test_a_trainable_encoder_learns_at_its_own_rate_and_is_saved(data, folders, 
     assert [p for p in opt_d.param_groups[1]["params"]] == list(backbone.parameters())
     assert opt_d.param_groups[1]["lr"] == 3e-4
     assert model.ema.text_encoder.model is not backbone  # an EMA copy of its own
+    assert backbone.training  # fine-tuned with its dropout, as the module it belongs to trains
 
     trainer = fit(model, data)
     changed = [name for name, value in backbone.state_dict().items() if not torch.equal(value, before[name])]

@@ -78,7 +78,7 @@ class PretrainedTextEncoder(nn.Module):
         self.trainable = trainable
         self._warned_cut = False
         if trainable:
-            self.backbone = backbone
+            self.backbone = backbone.train()  # read in eval mode; from here on it follows this module's mode
         else:
             self._frozen = Shared(backbone.eval().requires_grad_(False))
         self._tokenizer = Shared(tokenizer)
