@@ -47,7 +47,7 @@ SIZES = {  # kind, hidden, layers, heads
 }
 
 
-def main() -> int:
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds (each times every variant once)")
     parser.add_argument("--trainable", action="store_true", help="also time fine-tuned variants")
@@ -91,7 +91,6 @@ def main() -> int:
         f"a per-caption cache over the training epoch would hit {caption_hits:.1%} of the captions and "
         f"{negative_hits:.1%} of the swapped negatives ({distinct} distinct texts to keep)"
     )
-    return 0
 
 
 def cache_hits(datamodule, batches: int | None) -> tuple[float, float, int]:
@@ -117,4 +116,4 @@ def encode(model, texts: torch.Tensor) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()
