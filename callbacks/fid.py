@@ -126,7 +126,7 @@ class FID(pl.Callback):
         dataset = validation_dataset(trainer)
         device = pl_module.device
         self.extractor.to(device)
-        real = self._real_features(dataset, trainer.global_rank, trainer.world_size, device)
+        real = self._real_features(dataset, trainer, device)
         generated = self._generated_features(pl_module, trainer.global_rank, trainer.world_size, device)
         values = None
         if trainer.is_global_zero:
@@ -138,7 +138,7 @@ class FID(pl.Callback):
         values = trainer.strategy.broadcast(values, src=0)
         return {self.names[key]: value for key, value in values.items()}
 
-    def _real_features(self, dataset, rank: int, world_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    def _real_features(self, dataset, trainer, device: torch.device) -> dict[str, torch.Tensor]:
         if self._real is not None:
             return self._real
         count = min(self.num_real or self.num_samples, len(dataset))
@@ -150,10 +150,13 @@ class FID(pl.Callback):
             rank_zero_warn(f"{type(dataset).__name__} has no 'fingerprint': FID's real features are not cached")
         # Every rank reads the cache itself: no shared folder is assumed, and all need the captions.
         cached = fid.load_real(path, layers) if path else None
-        if cached is not None:
+        # All ranks use it or none does: one that missed (another process was still writing the file)
+        # would gather the features below alone, and its collective would meet another one's.
+        if trainer.strategy.reduce_boolean_decision(cached is not None, all=True):
             self._real, self._captions = cached
             return self._real
 
+        rank, world_size = trainer.global_rank, trainer.world_size
         loaded = [(i, dataset[i]) for i in range(rank, count, world_size)]
         indices = [i for i, item in loaded if item is not None]  # an image that fails to load is left out
         items = [item for _, item in loaded if item is not None]
