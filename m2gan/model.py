@@ -408,7 +408,8 @@ class M2GAN(pl.LightningModule):
         )
         # The text encoder learns with the discriminator; a fine-tuned pretrained model at its own rate.
         pretrained = list(self.text_encoder.backbone.parameters()) if hp.text_encoder_trainable else []
-        text_params = [p for p in self.text_encoder.parameters() if id(p) not in {id(q) for q in pretrained}]
+        pretrained_ids = {id(p) for p in pretrained}
+        text_params = [p for p in self.text_encoder.parameters() if id(p) not in pretrained_ids]
         d_groups = [{"params": [*self.discriminator.parameters(), *text_params]}]
         if pretrained:
             d_groups.append({"params": pretrained, "lr": hp.lr_text_encoder})
