@@ -16,10 +16,14 @@
    order, and the axis they sit on). For ``--pair-images`` two-object test captions, the share
    of generated images with *everything* right (chance well under 1%), next to the judge's own
    rate on real images; the share of real two-object test images whose caption names both
-   objects' colour and shape and their relation right; and whether the discriminator binds: on
-   the real test images, how often it ranks the own caption above each binding twin, and the
-   caption–twin sentence cosine (``val/binding_acc/*``, ``val/twin_cosine/*``), with how many
-   captions have twins and how many twins are false (synonyms exchanged).
+   objects' colour and shape and their relation right; and who reads binding, per twin kind: the
+   discriminator (own caption ranked above the twin on the real test images), the conditioning
+   (caption–twin sentence cosine, and distance over another caption's), the EMA captioner on the
+   real images and on the drawings (``val/binding_acc/*``, ``val/twin_cosine/*``,
+   ``val/twin_distance/*``, ``val/caption_binding/*``, ``val/caption_binding_fake/*``), with how
+   many captions have twins and how many twins are false (synonyms exchanged); and an independent
+   reader (:mod:`m2gan.eval.binding_reader`, a captioner trained on real pairs only, cached) on the
+   drawings, with whether it ranks the variants as the pair judge does.
 6. With ``--held-out``, some (colour, shape) combinations never appear in training; the test
    captions are split into scenes that show one and the rest, and both are judged.
 7. Text–image consistency without ground truth: R-precision (100 candidates) of the same drawn
@@ -57,6 +61,7 @@ import torch
 from callbacks.collapse import image_statistics
 from m2gan.cli import main as cli_main
 from m2gan.data.shapes import ShapesDataset, named_attributes, named_relation, parse_combinations
+from m2gan.eval import binding_reader as br
 from m2gan.eval import evaluator as ev
 from m2gan.eval.bleu import corpus_bleu
 from m2gan.eval.shapes_judge import (
@@ -252,6 +257,16 @@ def main() -> None:
         "pair": (pairs, "pair", split_by_combination(pairs, args.held_out, args.pair_images)),
     }
     consistency = Consistency(runs[0][1], tests, quick=args.quick)
+    # The independent binding reader: a captioner trained on real pairs of the first variant's data only.
+    start = time.perf_counter()
+    reader_recipe = br.ReaderRecipe(pool_size=200, steps=20) if args.quick else br.ReaderRecipe()
+    first = runs[0][1]
+    reader_path = br.reader_file(first.trainer.datamodule.datasets["train"], first.tokenizer, resolution, reader_recipe)
+    reader, reader_tokenizer = br.load_reader(reader_path)
+    pair_captions = [pairs.caption(i) for i in tests["pair"][2][0]]
+    pair_images = torch.stack([pairs.image(i) for i in tests["pair"][2][0]])
+    reader_ceiling = br.twin_preference(reader, reader_tokenizer, pair_images, pair_captions)
+    reader_seconds = time.perf_counter() - start
     rows = []
     for name, model, snapshots in runs:
         for budget, (train_seconds, batches, state) in zip(sorted(args.minutes), snapshots):
@@ -267,6 +282,8 @@ def main() -> None:
                             real = image_statistics(torch.stack([dataset.image(i) for i in indices]))
                             row["collapse"] = {k: v / real[k] for k, v in image_statistics(drawn).items()}
                         row[f"{kind}_{subset}"] = accuracy(judge_of, drawn, labels)
+                        if kind == "pair" and subset == "seen":
+                            row["reader"] = br.twin_preference(reader, reader_tokenizer, drawn, pair_captions)
                         if kind == "single":  # colour and shape right together: the combination
                             both = {name: labels[name] for name in ("colour", "shape")}
                             row[f"{kind}_{subset}"]["combination"] = accuracy(judge, drawn, both)["all"]
@@ -274,7 +291,7 @@ def main() -> None:
             single_seen = tests["single"][2][0]
             row["bleu"], row["captions"] = caption_quality(model, test, single_seen, args.bleu_images, args)
             row["pair_captions"] = pair_caption_accuracy(model, pairs, tests["pair"][2][0])
-            row["binding"] = discriminator_binding(model, pairs, tests["pair"][2][0])
+            row["binding"] = discriminator_binding(model, pairs, tests["pair"][2][0], args.seed)
             rows.append(row)
     if args.out:  # samples of each variant's longest run (its last snapshot is loaded)
         captions = [test.caption(i) for i in tests["single"][2][0][:8]]
@@ -336,13 +353,29 @@ def main() -> None:
           + ", ".join(f"{kind} {found:.1%}" for kind, (found, _) in twins.items())
           + "; of those, saying the same as the caption (synonyms: false twins): "
           + ", ".join(f"{kind} {false:.1%}" for kind, (_, false) in twins.items()))  # fmt: skip
-    print(f"{'variant':<12} {'minutes':>7} " + " ".join(f"{'D ' + kind:>12}" for kind in TWIN_KINDS)
-          + " " + " ".join(f"{'cos ' + kind:>14}" for kind in TWIN_KINDS))  # fmt: skip
+    print("who reads binding, per twin kind (attribute / noun / relation): D = critic ranks own caption above "
+          "twin; cos = caption-twin sentence cosine; dist = caption-twin distance over another caption's; "
+          "C real / C fake = EMA captioner finds own caption likelier than twin on the real / generated image")
+    print(f"{'variant':<12} {'minutes':>7} " + " ".join(f"{label:>20}" for label in
+          ("D", "cos", "dist", "C real", "C fake")))  # fmt: skip
     for row in rows:
         b = row["binding"]
-        print(f"{row['variant']:<12} {row['budget']:>7g} "
-              + " ".join(f"{b[f'binding_acc/{kind}']:>12.1%}" for kind in TWIN_KINDS) + " "
-              + " ".join(f"{b[f'twin_cosine/{kind}']:>14.3f}" for kind in TWIN_KINDS))  # fmt: skip
+        cells = []
+        for meter, percent in zip(BINDING_METERS, (True, False, False, True, True)):
+            values = [b[f"{meter}/{kind}"] for kind in TWIN_KINDS]
+            cells.append(" / ".join(f"{100 * v:.0f}" if percent else f"{v:.2f}" for v in values))
+        print(f"{row['variant']:<12} {row['budget']:>7g} " + " ".join(f"{c:>20}" for c in cells))
+    print(f"\nindependent binding reader (a captioner trained on real pairs only; {reader_seconds:.0f} s, cached): "
+          "own caption likelier than its twin given the drawing, attribute / noun / relation; on the real "
+          "images (its ceiling): " + " / ".join(f"{v:.1%}" for v, _ in reader_ceiling.values()))  # fmt: skip
+    reader_means = []
+    for row in rows:
+        reader_means.append(sum(v for v, _ in row["reader"].values()) / len(row["reader"]))
+        print(f"{row['variant']:<12} {row['budget']:>7g} " + " / ".join(f"{v:.1%}" for v, _ in row["reader"].values())
+              + f"  (mean {reader_means[-1]:.1%}; pair judge all {row['pair_seen']['all']:.1%})")  # fmt: skip
+    if len(rows) > 1:
+        print("reader and pair judge rank the variants alike: "
+              + same_order([row["pair_seen"]["all"] for row in rows], reader_means))  # fmt: skip
     consistency.report(rows, runs[0][1])
 
 
@@ -521,21 +554,28 @@ def pair_caption_accuracy(model, pairs: ShapesDataset, indices: list[int]) -> fl
     return right / len(captions)
 
 
+BINDING_METERS = ("binding_acc", "twin_cosine", "twin_distance", "caption_binding", "caption_binding_fake")
+
+
 @torch.no_grad()
-def discriminator_binding(model, pairs: ShapesDataset, indices: list[int]) -> dict[str, float]:
-    """``val/binding_acc/*`` and ``val/twin_cosine/*`` (the model's own validation figures) on the real
-    two-object test images at ``indices``, each caption's twins made with the run's corpus evidence."""
+def discriminator_binding(model, pairs: ShapesDataset, indices: list[int], seed: int) -> dict[str, float]:
+    """The model's own binding meters (``val/binding_acc/*``, ``val/twin_cosine/*``, ``val/twin_distance/*``,
+    ``val/caption_binding/*`` and ``val/caption_binding_fake/*``, the EMA captioner's) on the real
+    two-object test images at ``indices`` and the EMA generator's images of their captions, each
+    caption's twins made with the run's corpus evidence."""
     totals: dict[str, list[float]] = {}
     for start in range(0, len(indices), 250):
         chunk = indices[start : start + 250]
         images = torch.stack([pairs.image(i) for i in chunk])
-        tokens = model.tokenizer.encode([pairs.caption(i) for i in chunk])
-        for name, (value, count) in model.objective.binding_metrics(images, tokens).items():
+        captions = [pairs.caption(i) for i in chunk]
+        drawn = generate(model, captions, seed + start).float() / 127.5 - 1
+        tokens = model.tokenizer.encode(captions)
+        for name, (value, count) in model.objective.binding_metrics(images, tokens, model.ema.captioner, drawn).items():
             total = totals.setdefault(name, [0.0, 0])
             total[0], total[1] = total[0] + float(value) * count, total[1] + count
     return {name: total / count for name, (total, count) in totals.items()} | {
         f"{what}/{kind}": float("nan")
-        for what in ("binding_acc", "twin_cosine")
+        for what in BINDING_METERS
         for kind in TWIN_KINDS
         if f"{what}/{kind}" not in totals
     }

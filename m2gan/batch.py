@@ -18,6 +18,8 @@ class CaptionBatch(TypedDict):
     """(B, 3, H, W) float images in [-1, 1]."""
     tokens: torch.Tensor
     """(B, L) long token ids of ``caption``: ``[BOS] … [EOS]`` then ``[PAD]``."""
+    paraphrase: torch.Tensor
+    """(B, L) long token ids of another caption of each image (the same caption where it has one only)."""
     caption: list[str]
     """The caption drawn for each image at this visit."""
     index: torch.Tensor

@@ -81,6 +81,57 @@ def contrastive(
     return 0.5 * (F.cross_entropy(logits, targets) + text_to_image)
 
 
+def text_contrastive(
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    hard_negatives: torch.Tensor,
+    hard_mask: torch.Tensor,
+    temperature: float,
+    duplicates: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Text-only InfoNCE: each caption nearest its paraphrase, its binding twins and other captions apart.
+
+    Row ``i`` of ``anchor`` (a caption's sentence vector) must pick row ``i`` of ``positive`` (another
+    caption of the same image) among every row of ``positive`` and its own hard negatives (its
+    binding twins: the same words bound otherwise). A bag of words scores a twin exactly like the
+    caption, so this loss is only low for an encoder that reads word order.
+
+    Args:
+        anchor: (B, S) sentence vectors of the captions.
+        positive: (B, S) sentence vectors of their paraphrases.
+        hard_negatives: (B, K, S) sentence vectors of each caption's K twins.
+        hard_mask: (B, K) bool, which twins exist (a caption without one of a kind has none there).
+        temperature: Softmax temperature of the cosine similarities.
+        duplicates: Optional (B, B) bool, True where ``positive`` row j says the same as caption i
+            (j != i): left out, so a repeated caption in the batch is no negative of itself.
+    """
+    a, p, h = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1), F.normalize(hard_negatives, dim=-1)
+    logits = a @ p.t() / temperature  # (B, B)
+    if duplicates is not None:
+        logits = logits.masked_fill(duplicates, float("-inf"))
+    hard = (a[:, None, :] * h).sum(-1) / temperature  # (B, K)
+    logits = torch.cat([logits, hard.masked_fill(~hard_mask, float("-inf"))], dim=1)  # (B, B + K)
+    return F.cross_entropy(logits, torch.arange(anchor.shape[0], device=anchor.device))
+
+
+def sequence_log_likelihood(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Teacher-forced log-likelihood (B,) of each caption row ``tokens`` (B, L) under ``logits`` (B, L-1, V),
+    summed over its non-padding targets."""
+    targets = tokens[:, 1:]
+    log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, L-1)
+    return (log_probs * (targets != pad_id)).sum(1)
+
+
+def likelihood_margin(own: torch.Tensor, twin: torch.Tensor, margin: float) -> torch.Tensor:
+    """Hinge on log-likelihoods: a caption must be at least ``margin`` nats likelier than its twin.
+
+    ``own`` and ``twin`` (T,) are a captioner's sequence log-likelihoods of the caption and of its
+    binding twin given the same image. Pairs already ``margin`` apart give no gradient, so the
+    term stops pushing the captioner (or the generator it judges) once it reads the binding.
+    """
+    return F.relu(margin - (own - twin)).mean()
+
+
 def word_region_similarity(
     words: torch.Tensor, padding: torch.Tensor, regions: torch.Tensor, sharpness: float = 5.0
 ) -> torch.Tensor:

@@ -113,6 +113,18 @@ class M2GAN(pl.LightningModule):
             word of a caption attends over the discriminator's 4×4 regions of the image, and real
             pairs must match word by word better than the batch's other pairings; trained into the
             discriminator and text encoder on real images and into the generator on its own; 0 = off.
+        text_order_weight: Weight of the text-only contrastive loss trained into the text encoder:
+            each caption's sentence vector must lie nearest another caption of the same image (a
+            paraphrase) and apart from its binding twins (the same words bound otherwise) and the
+            batch's other captions. The critic alone has little use for word order on data whose
+            captions are mostly single objects; this gives the conditioning a reason to carry it; 0 = off.
+        caption_twin_weight: Weight of the captioner's binding term on real pairs: its
+            log-likelihood of a caption must beat that of each binding twin by ``twin_margin`` nats
+            (a hinge: met pairs give no gradient, so captioning is not pushed around); 0 = off.
+        caption_preference_weight: Weight of the same hinge trained into the generator on its own
+            images (the captioner frozen there): a drawing must read as its caption rather than as
+            its twins. A captioner reads binding where the critic may not; 0 = off.
+        twin_margin: The margin, in nats of summed caption log-likelihood, of both hinges above.
         gradient_penalty: ``"r1"`` (on real images), ``"ma_gp"`` (DF-GAN's matching-aware penalty on
             real images and sentences) or ``"none"``.
         gp_weight: R1's gamma, or MA-GP's coefficient.
@@ -179,6 +191,10 @@ class M2GAN(pl.LightningModule):
         contrastive_weight_g: float = 1.0,
         contrastive_temperature: float = 0.1,
         word_region_weight: float = 0.0,
+        text_order_weight: float = 0.0,
+        caption_twin_weight: float = 0.0,
+        caption_preference_weight: float = 0.0,
+        twin_margin: float = 1.0,
         gradient_penalty: GradientPenalty = "r1",
         gp_weight: float = 0.1,
         gp_interval: int = 4,
@@ -225,10 +241,11 @@ class M2GAN(pl.LightningModule):
             raise ValueError(
                 "model.binding_negative_share > 0 needs model.swap_weight > 0: binding swaps are swapped captions"
             )
-        if cycle_weight > 0 and caption_weight <= 0:
-            raise ValueError(
-                "model.cycle_weight > 0 needs model.caption_weight > 0: an untrained captioner cannot judge"
-            )
+        for name, value in (("cycle_weight", cycle_weight), ("caption_preference_weight", caption_preference_weight)):
+            if value > 0 and caption_weight <= 0:
+                raise ValueError(f"model.{name} > 0 needs model.caption_weight > 0: an untrained captioner cannot judge")
+        if twin_margin < 0:
+            raise ValueError(f"model.twin_margin must not be negative, got {twin_margin}")
         if text_encoder_trainable and text_encoder is None:
             raise ValueError("model.text_encoder_trainable needs model.text_encoder: the folder of a pretrained model")
         if text_encoder is not None:
@@ -420,7 +437,7 @@ class M2GAN(pl.LightningModule):
 
     def training_step(self, batch: CaptionBatch, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
-        text = self.d_step(batch["image"], batch["tokens"], opt_d)
+        text = self.d_step(batch["image"], batch["tokens"], opt_d, batch.get("paraphrase"))
         if batch_idx % self.hparams.n_critic == 0:
             self.g_step(batch["image"], text, opt_g)
             # EMA half-lives count images of the whole step: every process's batch.
@@ -431,10 +448,12 @@ class M2GAN(pl.LightningModule):
         if step % self.trainer.log_every_n_steps == 0:
             self.write_train_logs()
 
-    def d_step(self, images: torch.Tensor, tokens: torch.Tensor, opt_d) -> TextBatch:
+    def d_step(
+        self, images: torch.Tensor, tokens: torch.Tensor, opt_d, paraphrase: torch.Tensor | None = None
+    ) -> TextBatch:
         """One discriminator (and text encoder) update; returns what the generator step needs."""
         with self.toggled_optimizer(opt_d):
-            d_loss = self.objective.discriminator_loss(images, tokens, penalty=self.penalty_due())
+            d_loss = self.objective.discriminator_loss(images, tokens, self.penalty_due(), paraphrase)
             self._optimizer_step(opt_d, d_loss.loss, "discriminator")
         self.d_steps += 1
         self._train_logs.update(d_loss.logs)
@@ -544,7 +563,7 @@ class M2GAN(pl.LightningModule):
         fake = self.ema.generator(z, sentence, words, tokens == PAD_ID)
         metrics = self.objective.validation_metrics(images, tokens, fake, self.ema.captioner(images, tokens))
         self.log_dict({f"{split}/{name}": value for name, value in metrics.items()}, batch_size=images.shape[0])
-        for name, (value, count) in self.objective.binding_metrics(images, tokens).items():
+        for name, (value, count) in self.objective.binding_metrics(images, tokens, self.ema.captioner, fake).items():
             self.log(f"{split}/{name}", value, batch_size=count)
 
     @torch.inference_mode()

@@ -64,6 +64,15 @@ class ObjectiveConfig(SettingsGroup):
     caption_adversarial_weight: float
     caption_temperature: float
     word_region_weight: float
+    text_order_weight: float
+    caption_twin_weight: float
+    caption_preference_weight: float
+    twin_margin: float
+
+    @property
+    def uses_twins(self) -> bool:
+        """Whether a loss of the batch reads its captions' binding twins."""
+        return self.text_order_weight > 0 or self.caption_twin_weight > 0 or self.caption_preference_weight > 0
 
     @property
     def has_gradient_penalty(self) -> bool:
@@ -87,6 +96,36 @@ class TextBatch(NamedTuple):
     sampled_tokens: torch.Tensor | None
     """(B, L) the captioner's sampled captions of the real images (None unless the adversarial
     caption loss is on)."""
+    twins: Twins | None = None
+    """The captions' binding twins (None unless a loss reads them)."""
+
+
+class Twins(NamedTuple):
+    """A batch's binding twins of every kind, flattened: twin ``t`` belongs to caption ``rows[t]``."""
+
+    tokens: torch.Tensor
+    """(T, L) token rows of the twins."""
+    rows: torch.Tensor
+    """(T,) long: the batch row of each twin's caption."""
+
+    @classmethod
+    def of(cls, tokens: torch.Tensor, pairs: WordPairs | None) -> Twins:
+        """Every binding twin (:func:`~m2gan.negatives.binding_twins`) of the captions ``tokens`` (B, L)."""
+        found = binding_twins(tokens, len(SPECIAL_TOKENS), pairs).values()
+        rows = [has.nonzero().flatten() for _, has in found]
+        return cls(torch.cat([twins[r] for (twins, _), r in zip(found, rows)]), torch.cat(rows))
+
+    def per_row(self, values: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``values`` (T, ...) of the twins laid out per caption: (B, K, ...) with a (B, K) mask of
+        the filled places (K = the most twins any caption has)."""
+        owner = F.one_hot(self.rows, batch_size)  # (T, B)
+        slot = (owner.cumsum(0) * owner).sum(1) - 1  # (T,) the how-manieth twin of its caption each is
+        places = int(slot.max()) + 1 if len(slot) else 1
+        out = values.new_zeros((batch_size, places, *values.shape[1:]))
+        mask = torch.zeros((batch_size, places), dtype=torch.bool, device=values.device)
+        out[self.rows, slot] = values
+        mask[self.rows, slot] = True
+        return out, mask
 
 
 class Loss(NamedTuple):
@@ -137,11 +176,15 @@ class GANObjective:
         """Training noise (B, noise_dim), drawn on the CPU so a seed gives the same run on any device."""
         return torch.randn(batch_size, self.generator.noise_dim).to(device)
 
-    def discriminator_loss(self, images: torch.Tensor, tokens: torch.Tensor, penalty: bool) -> Loss:
+    def discriminator_loss(
+        self, images: torch.Tensor, tokens: torch.Tensor, penalty: bool, paraphrase: torch.Tensor | None = None
+    ) -> Loss:
         """The discriminator's (and text encoder's) loss on real ``images`` (B, 3, H, W) and ``tokens`` (B, L).
 
         Args:
             penalty: Whether this is a lazy-penalty batch (the penalty is then scaled by the interval).
+            paraphrase: (B, L) another caption of each image (the same one where an image has one);
+                needed by the text-order loss only.
         """
         cfg, d = self.config, self.discriminator
         batch_size = images.shape[0]
@@ -151,14 +194,21 @@ class GANObjective:
         if cfg.caption_adversarial_weight > 0:
             with torch.no_grad():
                 sampled_tokens = decoding.sample(self.captioner, images, BOS_ID, EOS_ID, PAD_ID, temperature=1.0)
-        texts = [tokens]
+        twins = Twins.of(tokens, self.word_pairs) if cfg.uses_twins else None
+        use_order = cfg.text_order_weight > 0
+        if use_order and paraphrase is None:
+            raise ValueError("the text-order loss (text_order_weight > 0) needs each caption's paraphrase")
+        texts = {"caption": tokens}  # every caption the text encoder reads this batch, encoded in one call
         if use_swaps:
-            texts.append(hard_negatives(tokens, len(SPECIAL_TOKENS), cfg.binding_negative_share, None, self.word_pairs))
+            texts["swapped"] = hard_negatives(tokens, len(SPECIAL_TOKENS), cfg.binding_negative_share, None,
+                                              self.word_pairs)  # fmt: skip
         if sampled_tokens is not None:
-            texts.append(sampled_tokens)
-        all_words, sentences = self.text_encoder(torch.cat(texts))  # (B * len(texts), L, W), (B * len(texts), S)
-        sentences = sentences.split(batch_size)
-        sentence, words, padding = sentences[0], all_words[:batch_size], tokens == PAD_ID
+            texts["sampled"] = sampled_tokens
+        if use_order:
+            texts["paraphrase"], texts["twins"] = paraphrase, twins.tokens
+        all_words, all_sentences = self.text_encoder(torch.cat(list(texts.values())))  # (N, L, W), (N, S)
+        sentences = dict(zip(texts, all_sentences.split([len(t) for t in texts.values()])))
+        sentence, words, padding = sentences["caption"], all_words[:batch_size], tokens == PAD_ID
         with torch.no_grad():
             fake = self.generator(self.noise(batch_size, images.device), sentence.detach(), words.detach(), padding)
         if penalty:
@@ -167,7 +217,7 @@ class GANObjective:
         real = (embedding[:batch_size], unconditional[:batch_size])
         fake = (embedding[batch_size:], unconditional[batch_size:])
         text_embedding = d.embed_text(sentence)  # (B, E)
-        swapped_embedding = d.embed_text(sentences[1]) if use_swaps else None
+        swapped_embedding = d.embed_text(sentences["swapped"]) if use_swaps else None
         real_logits = d.score(real, text_embedding)  # (B,)
         fake_logits = d.score(fake, text_embedding)
         # Each image paired with the previous sample's caption: the matching-aware negatives.
@@ -177,7 +227,7 @@ class GANObjective:
             swapped_logits = d.score(real, swapped_embedding)
             negatives.append((swapped_logits, cfg.swap_weight))
         if sampled_tokens is not None:
-            sampled_logits = d.score(real, d.embed_text(sentences[-1]))
+            sampled_logits = d.score(real, d.embed_text(sentences["sampled"]))
             negatives.append((sampled_logits, cfg.caption_adversarial_weight))
         loss = losses.d_adversarial(real_logits, negatives, cfg.adversarial_loss)
         logs = {"train/d_adv": loss.detach()}
@@ -190,6 +240,14 @@ class GANObjective:
             word_region = losses.matching_cross_entropy(similarity, cfg.contrastive_temperature)
             loss = loss + cfg.word_region_weight * word_region
             logs["train/d_word_region"] = word_region.detach()
+        if use_order:  # the conditioning itself must tell a caption from its twins
+            twin_sentences, twin_mask = twins.per_row(sentences["twins"], batch_size)
+            same = (paraphrase[None, :, :] == tokens[:, None, :]).all(-1) | (paraphrase[None] == paraphrase[:, None]).all(-1)
+            same.fill_diagonal_(False)
+            order = losses.text_contrastive(sentence, sentences["paraphrase"], twin_sentences, twin_mask,
+                                            cfg.contrastive_temperature, same)  # fmt: skip
+            loss = loss + cfg.text_order_weight * order
+            logs["train/text_order"] = order.detach()
         if penalty:
             if cfg.gradient_penalty == "r1":
                 gp = 0.5 * cfg.gp_weight * losses.r1_penalty(real_logits, images)
@@ -204,8 +262,8 @@ class GANObjective:
             logs["train/match_acc"] = (real_logits > mismatched_logits).float().mean()
             if use_swaps:
                 logs["train/swap_acc"] = (real_logits > swapped_logits).float().mean()
-        swapped_sentence = sentences[1].detach() if use_swaps else None
-        text = TextBatch(tokens, sentence.detach(), words.detach(), padding, swapped_sentence, sampled_tokens)
+        swapped_sentence = sentences["swapped"].detach() if use_swaps else None
+        text = TextBatch(tokens, sentence.detach(), words.detach(), padding, swapped_sentence, sampled_tokens, twins)
         return Loss(loss, logs, text)
 
     def generator_loss(self, images: torch.Tensor, text: TextBatch) -> Loss:
@@ -231,12 +289,22 @@ class GANObjective:
             word_region = losses.matching_cross_entropy(similarity, cfg.contrastive_temperature)
             loss = loss + cfg.word_region_weight * word_region
             logs["train/g_word_region"] = word_region.detach()
-        if cfg.cycle_weight > 0:
-            with frozen(self.captioner):
-                cycle = losses.caption_cross_entropy(self.captioner(fake, text.tokens), text.tokens, PAD_ID)
-            loss = loss + cfg.cycle_weight * cycle
-            logs["train/cycle"] = cycle.detach()
-        use_real_captions = cfg.caption_weight > 0 or text.sampled_tokens is not None
+        twins = text.twins if text.twins is not None and len(text.twins.rows) else None
+        use_preference = cfg.caption_preference_weight > 0 and twins is not None
+        if cfg.cycle_weight > 0 or use_preference:
+            with frozen(self.captioner):  # the captioner judges here; it learns only from real pairs
+                fake_memory = self.captioner.encode(fake)  # (B, P, W)
+                if cfg.cycle_weight > 0:
+                    logits = self.captioner.decode(fake_memory, text.tokens[:, :-1])
+                    cycle = losses.caption_cross_entropy(logits, text.tokens, PAD_ID)
+                    loss = loss + cfg.cycle_weight * cycle
+                    logs["train/cycle"] = cycle.detach()
+                if use_preference:  # the drawing must read as its caption, not as the same words bound otherwise
+                    own, twin = twin_likelihoods(self.captioner, fake_memory, text.tokens, twins)
+                    preference = losses.likelihood_margin(own, twin, cfg.twin_margin)
+                    loss = loss + cfg.caption_preference_weight * preference
+                    logs["train/caption_preference"] = preference.detach()
+        use_real_captions = cfg.caption_weight > 0 or text.sampled_tokens is not None or cfg.caption_twin_weight > 0
         # Both real-image terms read the same image tokens: encode the images once.
         memory = self.captioner.encode(images) if use_real_captions else None  # (B, P, W)
         if cfg.caption_weight > 0:
@@ -244,6 +312,11 @@ class GANObjective:
             caption = losses.caption_cross_entropy(logits, text.tokens, PAD_ID, cfg.caption_label_smoothing)
             loss = loss + cfg.caption_weight * caption
             logs["train/caption"] = caption.detach()
+        if cfg.caption_twin_weight > 0 and twins is not None:  # which colour, shape and side go together
+            own, twin = twin_likelihoods(self.captioner, memory, text.tokens, twins)
+            caption_twin = losses.likelihood_margin(own, twin, cfg.twin_margin)
+            loss = loss + cfg.caption_twin_weight * caption_twin
+            logs["train/caption_twin"] = caption_twin.detach()
         if text.sampled_tokens is not None:
             relaxed = decoding.straight_through(self.captioner, memory, text.sampled_tokens, cfg.caption_temperature)
             _, sampled_sentence = self.text_encoder(relaxed)  # frozen here: trained by the D loss
@@ -279,8 +352,14 @@ class GANObjective:
             "caption_loss": losses.caption_cross_entropy(caption_logits, tokens, PAD_ID),
         }
 
-    def binding_metrics(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, tuple[torch.Tensor, int]]:
-        """Whether the discriminator and its text encoder bind words to objects, per twin kind.
+    def binding_metrics(
+        self,
+        images: torch.Tensor,
+        tokens: torch.Tensor,
+        captioner: Captioner | None = None,
+        fake: torch.Tensor | None = None,
+    ) -> dict[str, tuple[torch.Tensor, int]]:
+        """Who binds words to objects, per twin kind: critic, text encoder and captioner.
 
         For each real image (B, 3, H, W) whose caption (row of ``tokens`` (B, L)) has a binding twin
         of a kind (:func:`~m2gan.negatives.binding_twins`, from ``word_pairs``):
@@ -288,12 +367,19 @@ class GANObjective:
         * ``binding_acc/<kind>``: how often the discriminator scores the image's own caption above
           the twin (a tie counts half, so a bag of words scores 0.5);
         * ``twin_cosine/<kind>``: the cosine between the two captions' sentence vectors (1.0 for a
-          text encoder blind to word order).
+          text encoder blind to word order);
+        * ``twin_distance/<kind>``: the caption–twin distance of the sentence vectors (what the
+          generator is conditioned on) over the distance to another caption of the batch, as a ratio
+          of means (0 for a bag of words; cosine can stay near 1 while the twins differ in a small subspace);
+        * ``caption_binding/<kind>``: how often ``captioner`` (default: the trained one) finds the
+          own caption likelier than the twin given the real image (ties half);
+        * ``caption_binding_fake/<kind>``: the same given ``fake`` (B, 3, H, W), images drawn for
+          ``tokens``, when given: whether the drawings read as their caption rather than its twin.
 
         Returns:
             ``{name: (mean over the rows with a twin, number of those rows)}``; kinds no row has are left out.
         """
-        d = self.discriminator
+        d, captioner = self.discriminator, captioner or self.captioner
         twins = binding_twins(tokens, len(SPECIAL_TOKENS), self.word_pairs)
         kinds = [kind for kind, (_, found) in twins.items() if found.any()]
         if not kinds:
@@ -303,14 +389,38 @@ class GANObjective:
         sentences = sentences.split(tokens.shape[0])
         real = d.features(images)
         own_logits = d.score(real, d.embed_text(sentences[0]))  # (B,)
+        other = (sentences[0] - sentences[0].roll(1, 0)).norm(dim=1)  # (B,) distance to another caption
+        memories = {"caption_binding": captioner.encode(images)}
+        if fake is not None:
+            memories["caption_binding_fake"] = captioner.encode(fake)
         metrics = {}
         for kind, sentence in zip(kinds, sentences[1:]):
             found = twins[kind][1]
-            twin_logits = d.score(real, d.embed_text(sentence))
-            wins = (own_logits > twin_logits).float() + 0.5 * (own_logits == twin_logits).float()
-            cosine = F.cosine_similarity(sentences[0], sentence, dim=1)
             count = int(found.sum())
-            metrics[f"binding_acc/{kind}"] = (wins[found].mean(), count)
-            metrics[f"twin_cosine/{kind}"] = (cosine[found].mean(), count)
+            twin_logits = d.score(real, d.embed_text(sentence))
+            metrics[f"binding_acc/{kind}"] = (wins(own_logits, twin_logits)[found].mean(), count)
+            metrics[f"twin_cosine/{kind}"] = (F.cosine_similarity(sentences[0], sentence, dim=1)[found].mean(), count)
+            distance = (sentences[0] - sentence).norm(dim=1)
+            metrics[f"twin_distance/{kind}"] = (distance[found].mean() / other[found].mean().clamp_min(1e-12), count)
+            rows = found.nonzero().flatten()
+            for name, memory in memories.items():
+                own, twin = twin_likelihoods(captioner, memory, tokens, Twins(twins[kind][0][rows], rows))
+                metrics[f"{name}/{kind}"] = (wins(own, twin).mean(), count)
         return metrics
 
+
+def twin_likelihoods(
+    captioner: Captioner, memory: torch.Tensor, tokens: torch.Tensor, twins: Twins
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A captioner's log-likelihoods (T,) of each twin's caption (a row of ``tokens`` (B, L)) and of the
+    twin, given that caption's image tokens: the rows of ``memory`` (B, P, W) that ``captioner``
+    encoded. Both are decoded in one call."""
+    memory = memory[twins.rows].repeat(2, 1, 1)  # (2T, P, W)
+    texts = torch.cat([tokens[twins.rows], twins.tokens])  # (2T, L)
+    likelihood = losses.sequence_log_likelihood(captioner.decode(memory, texts[:, :-1]), texts, PAD_ID)
+    return likelihood.chunk(2)
+
+
+def wins(own: torch.Tensor, twin: torch.Tensor) -> torch.Tensor:
+    """1 where ``own`` scores above ``twin``, 0.5 on a tie, else 0: a judge blind to the difference scores 0.5."""
+    return (own > twin).float() + 0.5 * (own == twin).float()

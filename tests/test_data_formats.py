@@ -325,3 +325,15 @@ def test_train_py_fits_each_format(tmp_path, data_format):
     with warnings.catch_warnings():  # words of this prompt may be unknown to the format's vocabulary
         warnings.simplefilter("ignore")
         assert model.ema.generate(["a red picture"], num_images=2).shape == (2, 3, 32, 32)
+
+
+def test_a_visit_pairs_its_caption_with_another_caption_of_the_image():
+    from m2gan.data.captioned import view
+
+    image = Image.new("RGB", (40, 40), (200, 40, 40))
+    captions = ["a red square", "a crimson block", "a red tile"]
+    drawn = [view(image, captions, 32, np.random.default_rng(seed), flip=False)[1:] for seed in range(30)]
+    assert all(caption != paraphrase for caption, paraphrase in drawn)
+    assert {paraphrase for _, paraphrase in drawn} == set(captions)  # every caption serves as either
+    assert view(image, captions, 32, None, flip=False)[1:] == ("a red square", "a crimson block")  # evaluation
+    assert view(image, ["a red square"], 32, np.random.default_rng(0), flip=False)[1:] == ("a red square",) * 2

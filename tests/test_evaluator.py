@@ -267,3 +267,36 @@ def test_processes_that_ask_for_one_cache_file_at_once_make_it_once(tmp_path):
     outputs = [process.communicate(timeout=60)[0].strip() for process in processes]
     assert outputs == ["judge"] * 3
     assert log.read_text() == "made\n"  # one maker; without the lock each process would have made it
+
+
+def test_the_binding_reader_learns_from_real_pairs_only_and_is_cached(tmp_path, monkeypatch):
+    from m2gan.eval import binding_reader as br
+
+    data = ShapesDataset("train", 200, 32, seed=0, two_object_prob=0.5)
+    tokenizer = CaptionTokenizer.fit([data.caption(i) for i in range(200)])
+    small = br.ReaderRecipe(pool_size=48, steps=3, width=16, layers=1, channels=4)
+    seen = {}
+    train_reader = br.train_reader
+
+    def spy(images, captions, *args):
+        seen.update(images=images, captions=captions)
+        return train_reader(images, captions, *args)
+
+    monkeypatch.setattr(br, "train_reader", spy)
+    path = br.reader_file(data, tokenizer, 32, small, tmp_path)
+    # What it learned from: the training split's own images and captions, nothing drawn.
+    assert torch.equal(seen["images"], torch.stack([to_uint8(data.image(i)) for i in range(48)]))
+    assert seen["captions"] == [data.caption(i) for i in range(48)]
+    monkeypatch.setattr(br, "train_reader", lambda *args: pytest.fail("retrained a cached reader"))
+    assert br.reader_file(data, tokenizer, 32, small, tmp_path) == path
+    reader, read_tokenizer = br.load_reader(path)
+    assert read_tokenizer == tokenizer and not any(p.requires_grad for p in reader.parameters())
+    # It scores binding per twin kind, on uint8 images as drawn.
+    pairs = [i for i in range(200) if len(data.scene(i).objects) == 2][:20]
+    scores = br.twin_preference(reader, tokenizer, torch.stack([to_uint8(data.image(i)) for i in pairs]),
+                                [data.caption(i) for i in pairs])  # fmt: skip
+    assert set(scores) == {"attribute", "noun", "relation"}
+    assert all(0.0 <= value <= 1.0 and count > 0 for value, count in scores.values())
+    path.write_bytes(b"not a reader")
+    with pytest.raises(ValueError, match="not a readable M2GAN binding reader"):
+        br.load_reader(path)

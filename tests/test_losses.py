@@ -84,3 +84,76 @@ def test_word_region_similarity_matches_words_to_the_regions_that_show_them():
     changed[0, 2:] = torch.randn(2, 8)
     torch.testing.assert_close(word_region_similarity(changed, padding, regions, 50.0)[:, 0], similarity[:, 0])
     assert matching_cross_entropy(similarity, 0.1) < matching_cross_entropy(similarity.flip(1), 0.1)
+
+
+def test_likelihood_margin_pushes_only_pairs_closer_than_the_margin():
+    own = torch.tensor([-3.0, -3.0, -3.0], requires_grad=True)
+    twin = torch.tensor([-10.0, -3.5, -2.0])  # 7 nats apart (met), 0.5 apart, the twin likelier
+    loss = losses.likelihood_margin(own, twin, margin=1.0)
+    assert loss.item() == pytest.approx((0.0 + 0.5 + 2.0) / 3)
+    loss.backward()
+    assert own.grad.tolist() == pytest.approx([0.0, -1 / 3, -1 / 3])  # a met pair is left alone
+
+
+def test_sequence_log_likelihood_sums_the_targets_and_skips_padding():
+    logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]]]))  # (1, 3, V=3)
+    tokens = torch.tensor([[2, 1, 1, 0]])  # targets 1, 1, then padding (id 0)
+    expected = math.log(0.25) + math.log(0.8)
+    assert losses.sequence_log_likelihood(logits, tokens, pad_id=0).item() == pytest.approx(expected)
+
+
+def test_text_contrastive_is_blind_to_missing_twins_and_duplicates_but_not_to_present_ones():
+    anchor = torch.eye(3)  # three captions, each nearest its own paraphrase
+    hard = torch.stack([anchor, anchor.roll(1, 0)], dim=1)  # (3, 2, 3): twin 0 of each caption is the caption itself
+    none = torch.zeros(3, 2, dtype=torch.bool)
+    base = losses.text_contrastive(anchor, anchor, hard, none, 0.1)
+    present = none.clone()
+    present[0, 0] = True  # a bag of words' twin: where its caption is
+    # The twin scores as high as the paraphrase: row 0 can give it at most half (log 2), the others ~0.
+    assert base < 1e-3
+    assert losses.text_contrastive(anchor, anchor, hard, present, 0.1).item() == pytest.approx(math.log(2) / 3, abs=1e-3)
+    repeated = torch.tensor([[1.0, 0, 0], [1, 0, 0], [0, 0, 1]])  # captions 0 and 1 say the same
+    duplicates = torch.tensor([[False, True, False], [True, False, False], [False, False, False]])
+    with_copies = losses.text_contrastive(repeated, repeated, hard, none, 0.1)
+    assert with_copies.item() == pytest.approx(2 * math.log(2) / 3, abs=1e-3)  # each copy halves the other's row
+    assert losses.text_contrastive(repeated, repeated, hard, none, 0.1, duplicates).item() < 1e-3
+
+
+def test_the_text_order_loss_pushes_a_caption_and_its_twins_apart():
+    """On two-object shapes captions, a GRU text encoder trained by the text-order loss alone moves each
+    caption's binding twins away from it: from next to it (a freshly initialised encoder is nearly a
+    bag of words) to at least half as far as another caption."""
+    from m2gan.data.shapes import ShapesDataset
+    from m2gan.negatives import WordPairs
+    from m2gan.networks import TextEncoder
+    from m2gan.objective import Twins
+    from m2gan.tokenizer import CaptionTokenizer
+
+    torch.manual_seed(0)
+    data = ShapesDataset("train", 256, two_object_prob=1.0)
+    captions, paraphrases = zip(*(data.references(i, 2) for i in range(len(data))))
+    tokenizer = CaptionTokenizer.fit(captions + paraphrases, max_length=24)
+    tokens, paraphrase = tokenizer.encode(list(captions)), tokenizer.encode(list(paraphrases))
+    pairs = WordPairs.of(torch.cat([tokens, paraphrase]), tokenizer.vocab_size)
+    twins = Twins.of(tokens, pairs)
+    encoder = TextEncoder(tokenizer.vocab_size, 24, width=32, sentence_dim=32)
+
+    def twin_distance() -> float:
+        with torch.no_grad():
+            sentence, twin_sentence = encoder(tokens)[1], encoder(twins.tokens)[1]
+        other = (sentence - sentence.roll(1, 0)).norm(dim=1).mean()
+        return float((sentence[twins.rows] - twin_sentence).norm(dim=1).mean() / other)
+
+    before = twin_distance()
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=3e-3)
+    for step in range(120):
+        rows = torch.arange(32) + 32 * (step % 8)
+        batch = Twins.of(tokens[rows], pairs)
+        sentences = encoder(torch.cat([tokens[rows], paraphrase[rows], batch.tokens]))[1].split([32, 32, len(batch.rows)])
+        hard, mask = batch.per_row(sentences[2], 32)
+        loss = losses.text_contrastive(sentences[0], sentences[1], hard, mask, 0.1)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = twin_distance()
+    assert before < 0.3 and after > 0.5, (before, after)

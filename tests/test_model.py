@@ -380,7 +380,7 @@ class _CaptionReader(torch.nn.Module):
     """Stand-in critic: each image carries its caption's sentence vector; it scores their agreement."""
 
     def features(self, images):
-        return images.flatten(1), torch.zeros(images.shape[0])
+        return images.flatten(1)[:, :997], torch.zeros(images.shape[0])
 
     def embed_text(self, sentence):
         return sentence
@@ -388,9 +388,27 @@ class _CaptionReader(torch.nn.Module):
     score = staticmethod(__import__("m2gan.networks", fromlist=["Discriminator"]).Discriminator.score)
 
 
-@pytest.mark.parametrize("ordered, accuracy, cosine", [(True, 1.0, 0.0), (False, 0.5, 1.0)])
-def test_binding_accuracy_is_one_for_a_critic_that_binds_and_half_for_a_bag_of_words(
-    datamodule, ordered, accuracy, cosine
+class _StandInCaptioner(torch.nn.Module):
+    """Stand-in captioner: each image carries its caption's tokens; it predicts them in order, or
+    every position as the caption's bag of words."""
+
+    def __init__(self, ordered: bool, vocab_size: int) -> None:
+        super().__init__()
+        self.ordered, self.vocab_size = ordered, vocab_size
+
+    def encode(self, images):
+        return images.flatten(1)[:, 997:].round().long()[:, :, None]  # (B, L, 1): the caption's tokens
+
+    def decode(self, memory, prefix):
+        own = torch.nn.functional.one_hot(memory[:, :, 0], self.vocab_size).float()  # (B, L, V)
+        if self.ordered:  # position t predicts the caption's token t + 1
+            return 5 * own[:, 1 : prefix.shape[1] + 1]
+        return own.sum(1, keepdim=True).expand(-1, prefix.shape[1], -1)  # the same bag everywhere
+
+
+@pytest.mark.parametrize("ordered, accuracy, cosine, distance", [(True, 1.0, 0.0, 1.0), (False, 0.5, 1.0, 0.0)])
+def test_binding_meters_are_one_for_models_that_bind_and_half_for_bags_of_words(
+    datamodule, ordered, accuracy, cosine, distance
 ):
     from m2gan.negatives import TWIN_KINDS, WordPairs
 
@@ -413,12 +431,19 @@ def test_binding_accuracy_is_one_for_a_critic_that_binds_and_half_for_a_bag_of_w
         )
     ]
     objective.word_pairs = WordPairs.of(datamodule.tokenizer.encode(corpus), datamodule.vocab_size)
-    images = _CaptionHashText(ordered=True)(tokens)[1].reshape(3, 1, 1, 997)  # each image "shows" its caption
-    metrics = objective.binding_metrics(images, tokens)
-    assert set(metrics) == {f"{what}/{kind}" for what in ("binding_acc", "twin_cosine") for kind in TWIN_KINDS}
+    # Each image "shows" its caption: its sentence code (for the critic) and its tokens (for the captioner).
+    images = torch.cat([_CaptionHashText(ordered=True)(tokens)[1], tokens.float()], 1).reshape(3, 1, 1, -1)
+    captioner = _StandInCaptioner(ordered, datamodule.vocab_size)
+    metrics = objective.binding_metrics(images, tokens, captioner, fake=images)
+    meters = ("binding_acc", "twin_cosine", "twin_distance", "caption_binding", "caption_binding_fake")
+    assert set(metrics) == {f"{what}/{kind}" for what in meters for kind in TWIN_KINDS}
     for kind in TWIN_KINDS:
         assert metrics[f"binding_acc/{kind}"] == (pytest.approx(accuracy), 2)  # the one-object caption has none
         assert metrics[f"twin_cosine/{kind}"] == (pytest.approx(cosine), 2)
+        # One-hot codes: a twin is as far as another caption when read in order, the same point as a bag.
+        assert metrics[f"twin_distance/{kind}"] == (pytest.approx(distance), 2)
+        assert metrics[f"caption_binding/{kind}"] == (pytest.approx(accuracy), 2)
+        assert metrics[f"caption_binding_fake/{kind}"] == (pytest.approx(accuracy), 2)
 
 
 def test_the_corpus_word_pairs_travel_in_the_checkpoint(datamodule, tiny_model, tmp_path):
@@ -438,12 +463,98 @@ def test_the_corpus_word_pairs_travel_in_the_checkpoint(datamodule, tiny_model, 
     assert torch.equal(saved, pairs.to_tensor())
 
 
-def test_validation_logs_binding_accuracy_and_twin_cosine(datamodule, tiny_model):
+def test_validation_logs_the_binding_meters(datamodule, tiny_model):
     trainer = pl.Trainer(
         max_epochs=1, limit_train_batches=1, limit_val_batches=2, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
     )  # fmt: skip
     trainer.fit(tiny_model, datamodule)
     for kind in ("attribute", "relation"):
-        assert 0.0 <= float(trainer.callback_metrics[f"val/binding_acc/{kind}"]) <= 1.0
+        for meter in ("binding_acc", "caption_binding", "caption_binding_fake"):
+            assert 0.0 <= float(trainer.callback_metrics[f"val/{meter}/{kind}"]) <= 1.0
         assert -1.0 <= float(trainer.callback_metrics[f"val/twin_cosine/{kind}"]) <= 1.0
+        assert float(trainer.callback_metrics[f"val/twin_distance/{kind}"]) > 0
+
+
+def _two_object_batch(datamodule, model):
+    """A two-object caption with twins of every kind (in the data's word pairs) for eight random images."""
+    model.objective.word_pairs = datamodule.word_pairs
+    tokens = datamodule.tokenizer.encode(["a small red circle left of a large blue square"] * 8)
+    return torch.rand(len(tokens), 3, 32, 32) * 2 - 1, tokens
+
+
+def _gradients_with_and_without(model, images, tokens, **weights):
+    """Each parameter's gradient of the generator step's loss with ``weights`` set and with them at 0
+    (same noise); the D step's text is computed once."""
+    import dataclasses
+
+    config = model.objective.config
+    model.objective.config = dataclasses.replace(config, **weights)
+    text = model.objective.discriminator_loss(images, tokens, penalty=False).text
+    assert len(text.twins.rows) == len(tokens) * 3  # every caption has a twin of each kind
+    grads, logs = [], []
+    for on in (True, False):
+        model.objective.config = dataclasses.replace(config, **{k: v if on else 0.0 for k, v in weights.items()})
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        loss = model.objective.generator_loss(images, text)
+        loss.loss.backward()
+        grads.append({n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()})
+        logs.append(loss.logs)
+    model.objective.config = config
+    return logs[0], *grads
+
+
+def _changed(with_term, without, prefix):
+    return [n for n in with_term if n.startswith(prefix) and not _same(with_term[n], without[n])]
+
+
+def _same(a, b):
+    return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+
+
+def test_the_captioners_preference_trains_the_generator_only(datamodule):
+    """The teacher term (a margin no pair meets, so it always pushes) changes the generator's gradients
+    and nothing else: the captioner judges, frozen; the text encoder and the critic are not in it."""
+    model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
+    images, tokens = _two_object_batch(datamodule, model)
+    model.objective.config = __import__("dataclasses").replace(model.objective.config, twin_margin=100.0)
+    logs, with_term, without = _gradients_with_and_without(model, images, tokens, caption_preference_weight=1.0)
+    assert logs["train/caption_preference"] > 90  # summed log-likelihoods: every pair is inside the margin
+    assert _changed(with_term, without, "generator.")
+    for player in ("captioner.", "text_encoder.", "discriminator.", "ema."):
+        assert not _changed(with_term, without, player), player
+
+
+def test_the_captioners_twin_term_trains_the_captioner_only(datamodule):
+    model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
+    images, tokens = _two_object_batch(datamodule, model)
+    model.objective.config = __import__("dataclasses").replace(model.objective.config, twin_margin=100.0)
+    logs, with_term, without = _gradients_with_and_without(model, images, tokens, caption_twin_weight=1.0)
+    assert logs["train/caption_twin"] > 90  # summed log-likelihoods: every pair is inside the margin
+    assert _changed(with_term, without, "captioner.")
+    for player in ("generator.", "text_encoder.", "discriminator.", "ema."):
+        assert not _changed(with_term, without, player), player
+
+
+def test_the_text_order_loss_reads_paraphrases_and_trains_the_text_encoder(datamodule):
+    model = M2GAN(
+        vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, text_order_weight=1.0, **TINY_MODEL
+    )
+    images, tokens = _two_object_batch(datamodule, model)
+    with pytest.raises(ValueError, match="paraphrase"):
+        model.objective.discriminator_loss(images, tokens, penalty=False)
+    paraphrase = datamodule.tokenizer.encode(["a large blue square right of a small red circle"] * 8)
+    loss = model.objective.discriminator_loss(images, tokens, penalty=False, paraphrase=paraphrase)
+    assert loss.logs["train/text_order"] > 0
+    loss.loss.backward()
+    assert model.text_encoder.token_embedding.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "setting, needs",
+    [({"caption_preference_weight": 1.0, "caption_weight": 0.0}, "caption_weight"), ({"twin_margin": -1.0}, "twin_margin")],
+)
+def test_binding_settings_that_cannot_work_are_refused(datamodule, setting, needs):
+    with pytest.raises(ValueError, match=needs):
+        M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, cycle_weight=0.0, **setting)

@@ -148,3 +148,13 @@ def test_held_out_combinations_never_appear_in_training_but_do_in_evaluation():
     assert plain.fingerprint != holding.fingerprint  # caches of training data tell them apart
     with pytest.raises(ValueError, match="'pink triangle' is not '<colour> <shape>'"):
         ShapesDataset("val", 10, held_out=["pink triangle"])
+
+
+def test_training_batches_carry_another_caption_of_each_image():
+    data = CaptionDataModule(batch_size=8, train_size=64, val_size=16, test_size=16, tokenizer_fit_size=300)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    train = data.datasets["train"]
+    paraphrases = [train.references(int(i), 2)[1] for i in batch["index"]]
+    assert torch.equal(batch["paraphrase"], data.tokenizer.encode(paraphrases))
+    assert not torch.equal(batch["paraphrase"], batch["tokens"])

@@ -102,20 +102,24 @@ def verify_images(records: list[Record], resolution: int, problems: Problems, th
 
 def view(
     image: Image.Image, captions: Sequence[str], resolution: int, rng: np.random.Generator | None, flip: bool
-) -> tuple[torch.Tensor, str]:
-    """One visit's sample of an image and its captions: (3, resolution, resolution) pixels and a caption.
+) -> tuple[torch.Tensor, str, str]:
+    """One visit's sample of an image and its captions: (3, resolution, resolution) pixels, a caption
+    and a paraphrase (another of its captions; the same one when the image has only one).
 
-    With ``rng`` (training augmentation) a random caption and a random crop (and mirror, with
-    ``flip``) drawn from it; without, the centre crop and the first caption.
+    With ``rng`` (training augmentation) a random caption, a random crop (and mirror, with ``flip``)
+    and a random paraphrase drawn from it; without, the centre crop and the first two captions.
     """
     if rng is None:
-        return resize_and_crop(image, resolution), captions[0]
-    caption = captions[int(rng.integers(len(captions)))]
-    return resize_and_crop(image, resolution, rng, flip), caption
+        return resize_and_crop(image, resolution), captions[0], captions[min(1, len(captions) - 1)]
+    choice = int(rng.integers(len(captions)))
+    pixels = resize_and_crop(image, resolution, rng, flip)
+    other = (choice + 1 + int(rng.integers(len(captions) - 1))) % len(captions) if len(captions) > 1 else choice
+    return pixels, captions[choice], captions[other]
 
 
 class CaptionedImages(Dataset):
-    """Records as training samples: ``{"image": (3, R, R) in [-1, 1], "caption": str, "index": int}``.
+    """Records as training samples: ``{"image": (3, R, R) in [-1, 1], "caption": str, "paraphrase": str,
+    "index": int}`` (the paraphrase: another caption of the image, :func:`view`).
 
     With ``augment`` one caption per image is drawn at each visit, and the crop and flip, from a
     random stream of its own seeded by ``(seed, visit, index)``: a visit's sample never depends on
@@ -173,5 +177,5 @@ class CaptionedImages(Dataset):
         except ValueError:
             return None
         rng = np.random.default_rng([self.seed, visit, index]) if self.augment else None
-        pixels, caption = view(image, record.captions, self.resolution, rng, self.flip)
-        return {"image": pixels, "caption": caption, "index": index}
+        pixels, caption, paraphrase = view(image, record.captions, self.resolution, rng, self.flip)
+        return {"image": pixels, "caption": caption, "paraphrase": paraphrase, "index": index}

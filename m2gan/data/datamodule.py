@@ -214,6 +214,7 @@ class CaptionDataModule(pl.LightningDataModule):
         batch = CaptionBatch(
             image=torch.stack([s["image"] for s in samples]),
             tokens=self.tokenizer.encode(captions),
+            paraphrase=self.tokenizer.encode([s.get("paraphrase", s["caption"]) for s in samples]),
             caption=captions,
             index=torch.tensor([s["index"] for s in samples], dtype=torch.long),
         )

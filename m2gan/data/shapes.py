@@ -289,7 +289,8 @@ def render(scene: Scene, resolution: int, rng: np.random.Generator) -> np.ndarra
 class ShapesDataset(Dataset):
     """Procedural image-caption pairs of coloured shapes.
 
-    Each item is ``{"image": (3, H, W) float in [-1, 1], "caption": str, "index": int}``. The same
+    Each item is ``{"image": (3, H, W) float in [-1, 1], "caption": str, "paraphrase": str, "index": int}``
+    (the paraphrase: the scene's second reference caption). The same
     ``(seed, split, index)`` always gives the same image and caption; splits draw from
     independent random streams, so they never share a sample.
 
@@ -380,4 +381,5 @@ class ShapesDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         index = self._check(index)
         scene = self.scene(index)
-        return {"image": self._image(scene, index), "caption": self._caption(scene, index), "index": index}
+        caption, paraphrase = self._caption(scene, index), self._caption(scene, index, 1)
+        return {"image": self._image(scene, index), "caption": caption, "paraphrase": paraphrase, "index": index}

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from m2gan.data.captioned import Problems, clean_captions, view
-from m2gan.images import decode_image, resize_and_crop
+from m2gan.images import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,8 @@ class CaptionShards(IterableDataset):
             image, captions, index = parsed
             # Streamed samples have no fixed visit order: augmentation draws from torch's random state.
             rng = np.random.default_rng(int(torch.randint(2**62, ()))) if self.augment else None
-            pixels, caption = view(image, captions, self.resolution, rng, self.flip)
-            yield {"image": pixels, "caption": caption, "index": index}
+            pixels, caption, paraphrase = view(image, captions, self.resolution, rng, self.flip)
+            yield {"image": pixels, "caption": caption, "paraphrase": paraphrase, "index": index}
         if problems.total:
             worker = get_worker_info()
             log.warning(
@@ -175,4 +175,5 @@ class ShardSamples(Dataset):
     def __getitem__(self, index: int) -> dict:
         encoded, captions, _ = self.items[index]
         image = decode_image(io.BytesIO(encoded), self.resolution)
-        return {"image": resize_and_crop(image, self.resolution), "caption": captions[0], "index": index}
+        pixels, caption, paraphrase = view(image, captions, self.resolution, None, False)
+        return {"image": pixels, "caption": caption, "paraphrase": paraphrase, "index": index}
