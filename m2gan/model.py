@@ -243,7 +243,9 @@ class M2GAN(pl.LightningModule):
             )
         for name, value in (("cycle_weight", cycle_weight), ("caption_preference_weight", caption_preference_weight)):
             if value > 0 and caption_weight <= 0:
-                raise ValueError(f"model.{name} > 0 needs model.caption_weight > 0: an untrained captioner cannot judge")
+                raise ValueError(
+                    f"model.{name} > 0 needs model.caption_weight > 0: an untrained captioner cannot judge"
+                )
         if twin_margin < 0:
             raise ValueError(f"model.twin_margin must not be negative, got {twin_margin}")
         if text_encoder_trainable and text_encoder is None:

@@ -8,17 +8,21 @@ One batch gives two losses:
 * :meth:`GANObjective.discriminator_loss`, minimised by the discriminator and the text encoder:
   the matching-aware adversarial loss with its negatives — (generated image, caption), (real image,
   another sample's caption), (real image, its caption with one word swapped or, if on, two of its
-  words exchanged), (real image, a caption the captioner sampled) — plus the image–text contrastive loss, the word-region matching loss if
-  on, and, on penalty batches, the lazy gradient penalty;
+  words exchanged), (real image, a caption the captioner sampled) — plus the image–text
+  contrastive loss, the word-region matching loss if on, the text-order loss if on (captions near
+  their paraphrases, away from their binding twins: text only), and, on penalty batches, the lazy
+  gradient penalty;
 * :meth:`GANObjective.generator_loss`, minimised by the generator and the captioner: adversarial,
-  contrastive (sentence and, if on, word-region) and cycle losses of the generated images, the
-  captioner's cross-entropy on real pairs and, if on, its adversarial caption loss.
+  contrastive (sentence and, if on, word-region) and cycle losses of the generated images and, if
+  on, the frozen captioner's preference for each prompt over its binding twins; the captioner's
+  cross-entropy on real pairs and, if on, its own preference over the twins and its adversarial
+  caption loss.
 
 Where the text encoder gets its gradient decides whether conditioning is learned at all: trained
 only to help the generator fool the discriminator, its features collapse and the generator ignores
 the text. So it is trained by the discriminator's losses, and the generator sees its sentence
-vectors detached (:class:`TextBatch`). For the cycle loss the captioner is frozen, or generator and
-captioner would agree on a private code instead of drawing the text.
+vectors detached (:class:`TextBatch`). For the cycle and preference losses the captioner is frozen,
+or generator and captioner would agree on a private code instead of drawing the text.
 
 Random draws, in this order: the captioner's sampled captions (adversarial caption loss only), the
 swapped words, the discriminator step's noise, then the generator step's noise.
@@ -242,7 +246,8 @@ class GANObjective:
             logs["train/d_word_region"] = word_region.detach()
         if use_order:  # the conditioning itself must tell a caption from its twins
             twin_sentences, twin_mask = twins.per_row(sentences["twins"], batch_size)
-            same = (paraphrase[None, :, :] == tokens[:, None, :]).all(-1) | (paraphrase[None] == paraphrase[:, None]).all(-1)
+            # (B, B): paraphrase j says what caption i or its paraphrase says; no negative of caption i.
+            same = (paraphrase[None] == tokens[:, None]).all(-1) | (paraphrase[None] == paraphrase[:, None]).all(-1)
             same.fill_diagonal_(False)
             order = losses.text_contrastive(sentence, sentences["paraphrase"], twin_sentences, twin_mask,
                                             cfg.contrastive_temperature, same)  # fmt: skip

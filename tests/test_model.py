@@ -553,7 +553,10 @@ def test_the_text_order_loss_reads_paraphrases_and_trains_the_text_encoder(datam
 
 @pytest.mark.parametrize(
     "setting, needs",
-    [({"caption_preference_weight": 1.0, "caption_weight": 0.0}, "caption_weight"), ({"twin_margin": -1.0}, "twin_margin")],
+    [
+        ({"caption_preference_weight": 1.0, "caption_weight": 0.0}, "caption_weight"),
+        ({"twin_margin": -1.0}, "twin_margin"),
+    ],
 )
 def test_binding_settings_that_cannot_work_are_refused(datamodule, setting, needs):
     with pytest.raises(ValueError, match=needs):
