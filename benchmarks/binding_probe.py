@@ -26,6 +26,7 @@ the candidates (``val/r_precision_binding_real``, the ceiling of ``val/r_precisi
     python benchmarks/binding_probe.py                           # the real/oracle pairings
     python benchmarks/binding_probe.py --pair encoder,oracle --text-architecture transformer
     python benchmarks/binding_probe.py --evaluator transformer --evaluator gru
+    python benchmarks/binding_probe.py --pair encoder,discriminator --text-order 1   # with the text-order loss
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ from torch import nn
 from m2gan.data.datamodule import CaptionDataModule
 from m2gan.data.shapes import COLOURS, SHAPES, SIZES, ShapesDataset, relation
 from m2gan.eval import evaluator as ev
+from m2gan import losses
 from m2gan.negatives import TWIN_KINDS, binding_twins
 from m2gan.networks import Discriminator, TextEncoder
+from m2gan.objective import Twins
 from m2gan.tokenizer import SPECIAL_TOKENS
 
 RELATIONS = ("left", "right", "above", "below")
@@ -61,6 +64,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-scenes", type=int, default=4000)
     parser.add_argument("--test-scenes", type=int, default=512)
     parser.add_argument("--text-architecture", default="gru", choices=("gru", "transformer"))
+    parser.add_argument("--text-order", type=float, default=0.0, metavar="WEIGHT",
+                        help="also train the text encoder by the text-order loss (model.text_order_weight)")  # fmt: skip
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (betas 0, 0.99, as the model's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 20 steps on 64 scenes")
@@ -86,7 +91,8 @@ def load(datamodule: CaptionDataModule, split: str, count: int) -> dict:
         rows.append([a.colour, a.shape, a.size, b.colour, b.shape, b.size, RELATIONS.index(relation(a, b)),
                      a.col, a.row, b.col, b.row])  # fmt: skip
     twins = binding_twins(batch["tokens"], len(SPECIAL_TOKENS), datamodule.word_pairs)
-    return {"image": batch["image"], "tokens": batch["tokens"], "scene": torch.tensor(rows), "twins": twins}
+    return {"image": batch["image"], "tokens": batch["tokens"], "paraphrase": batch["paraphrase"],
+            "scene": torch.tensor(rows), "twins": twins}  # fmt: skip
 
 
 def scene_twin(scene: torch.Tensor, kind: str) -> torch.Tensor:
@@ -172,6 +178,8 @@ def probe(text_kind: str, image_kind: str, train: dict, test: dict, vocab: tuple
         mismatched = critic.score(features, embedding.roll(1, 0))
         twin = critic.score(image(train, with_twin), text(train, with_twin, kind))
         loss = F.relu(1 - real).mean() + 0.5 * (F.relu(1 + mismatched).mean() + F.relu(1 + twin).mean())
+        if text_kind == "encoder" and args.text_order > 0:
+            loss = loss + args.text_order * text_order(encoder, train, rows)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -186,6 +194,16 @@ def probe(text_kind: str, image_kind: str, train: dict, test: dict, vocab: tuple
             wins = (own > other).float() + 0.5 * (own == other).float()
             accuracy[kind] = float(wins[found].mean()) if found.any() else float("nan")
     return accuracy
+
+
+def text_order(encoder: TextEncoder, data: dict, rows: torch.Tensor) -> torch.Tensor:
+    """The text-order loss (``losses.text_contrastive``) of the captions at ``rows``: paraphrase near, twins apart."""
+    found = [data["twins"][kind][1][rows].nonzero().flatten() for kind in TWIN_KINDS]
+    twins = Twins(torch.cat([data["twins"][k][0][rows][f] for k, f in zip(TWIN_KINDS, found)]), torch.cat(found))
+    texts = torch.cat([data["tokens"][rows], data["paraphrase"][rows], twins.tokens])
+    caption, paraphrase, twin = encoder(texts)[1].split([len(rows), len(rows), len(twins.rows)])
+    hard, mask = twins.per_row(twin, len(rows))
+    return losses.text_contrastive(caption, paraphrase, hard, mask, 0.1)
 
 
 def evaluator_ceilings(architecture: str, args) -> dict[str, float]:
@@ -236,7 +254,7 @@ def main() -> None:
         results.append((text_kind, image_kind, probe(text_kind, image_kind, train, test, vocab, args),
                         time.perf_counter() - start))  # fmt: skip
     print(f"\nbinding_probe: critic alone, {args.steps} steps of 16 two-object scenes, text encoder "
-          f"{args.text_architecture}, lr {args.lr:g}, seed {args.seed}; {args.test_scenes} held-out scenes; "
+          f"{args.text_architecture}, text-order weight {args.text_order:g}, lr {args.lr:g}, seed {args.seed}; {args.test_scenes} held-out scenes; "
           f"{cores} cores, {threads} threads")  # fmt: skip
     print("own caption ranked above its binding twin (chance 50%)")
     print(f"{'text':<11} {'image':<14} " + " ".join(f"{kind:>10}" for kind in TWIN_KINDS) + f" {'seconds':>8}")
