@@ -513,27 +513,27 @@ def _same(a, b):
     return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
 
 
-def test_the_captioners_preference_trains_the_generator_only(datamodule):
-    """The teacher term (a margin no pair meets, so it always pushes) changes the generator's gradients
-    and nothing else: the captioner judges, frozen; the text encoder and the critic are not in it."""
+@pytest.mark.parametrize(
+    "weight, log, trained, untouched",
+    [
+        # The teacher term: the captioner judges, frozen; the text encoder and the critic are not in it.
+        ("caption_preference_weight", "caption_preference", "generator.", ("captioner.", "text_encoder.")),
+        # The captioner's own twin term on real pairs.
+        ("caption_twin_weight", "caption_twin", "captioner.", ("generator.", "text_encoder.")),
+    ],
+)
+def test_each_twin_term_trains_only_its_player(datamodule, weight, log, trained, untouched):
+    """With a margin no pair meets (so the hinge always pushes), the term changes the gradients of
+    the one player it is meant for and of nothing else."""
+    import dataclasses
+
     model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
     images, tokens = _two_object_batch(datamodule, model)
-    model.objective.config = __import__("dataclasses").replace(model.objective.config, twin_margin=100.0)
-    logs, with_term, without = _gradients_with_and_without(model, images, tokens, caption_preference_weight=1.0)
-    assert logs["train/caption_preference"] > 90  # summed log-likelihoods: every pair is inside the margin
-    assert _changed(with_term, without, "generator.")
-    for player in ("captioner.", "text_encoder.", "discriminator.", "ema."):
-        assert not _changed(with_term, without, player), player
-
-
-def test_the_captioners_twin_term_trains_the_captioner_only(datamodule):
-    model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
-    images, tokens = _two_object_batch(datamodule, model)
-    model.objective.config = __import__("dataclasses").replace(model.objective.config, twin_margin=100.0)
-    logs, with_term, without = _gradients_with_and_without(model, images, tokens, caption_twin_weight=1.0)
-    assert logs["train/caption_twin"] > 90  # summed log-likelihoods: every pair is inside the margin
-    assert _changed(with_term, without, "captioner.")
-    for player in ("generator.", "text_encoder.", "discriminator.", "ema."):
+    model.objective.config = dataclasses.replace(model.objective.config, twin_margin=100.0)
+    logs, with_term, without = _gradients_with_and_without(model, images, tokens, **{weight: 1.0})
+    assert logs[f"train/{log}"] > 90  # summed log-likelihoods: every pair is inside the margin
+    assert _changed(with_term, without, trained)
+    for player in (*untouched, "discriminator.", "ema."):
         assert not _changed(with_term, without, player), player
 
 

@@ -13,7 +13,6 @@ R-precision evaluator (:mod:`m2gan.eval.evaluator`). Its reading of real images 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,8 +22,8 @@ from safetensors.torch import load_file, save_file
 
 from m2gan import losses
 from m2gan.atomic import atomic_path
-from m2gan.cache import cache_root, key_digest, made_once
-from m2gan.eval.evaluator import training_pairs
+from m2gan.cache import cache_root, made_once
+from m2gan.eval.evaluator import evaluator_key, training_pairs
 from m2gan.images import to_float
 from m2gan.negatives import TWIN_KINDS, WordPairs, binding_twins
 from m2gan.networks import Captioner
@@ -101,14 +100,7 @@ def reader_file(
     cache_dir: str | os.PathLike | None = None,
 ) -> Path:  # fmt: skip
     """Path of the reader for a training ``dataset`` (with a ``fingerprint``); trained and cached on first use."""
-    key = key_digest(
-        {
-            **dataclasses.asdict(recipe),
-            "data": dataset.fingerprint,
-            "tokenizer": hashlib.sha256(tokenizer.to_json().encode()).hexdigest(),
-            "resolution": resolution,
-        }
-    )
+    key = evaluator_key(dataset.fingerprint, tokenizer, resolution, recipe)  # the same fields, this recipe's
     path = Path(cache_dir or cache_root()) / "readers" / f"captioner-{resolution}px-{key}.safetensors"
 
     def make(path: Path) -> None:
