@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from m2gan import losses
 from m2gan.data.datamodule import CaptionDataModule
 from m2gan.data.shapes import COLOURS, SHAPES, SIZES, ShapesDataset, relation
 from m2gan.eval import evaluator as ev
-from m2gan import losses
 from m2gan.negatives import TWIN_KINDS, binding_twins
 from m2gan.networks import Discriminator, TextEncoder
 from m2gan.objective import Twins

@@ -39,6 +39,7 @@ from timing import BatchTimer, interleaved_medians  # benchmarks/timing.py
 from callbacks import FID
 from m2gan.data import CaptionDataModule
 from m2gan.eval import fid
+from m2gan.eval.shapes_judge import JudgeRecipe, judge_file
 from m2gan.images import to_uint8
 from m2gan.model import M2GAN
 
@@ -50,7 +51,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-batches", type=int, default=60, help="batches timed for the step time")
     parser.add_argument("--inception", type=int, default=0, help="also time Inception FID on this many images")
-    parser.add_argument("--quick", action="store_true", help="200 images, 1 repeat, 14 training batches: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="200 images, 1 repeat, 14 training batches, a rougher judge: a smoke run")
     return parser.parse_args()
 
 
@@ -141,7 +142,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as cache:
         # The judge and the real features live in the usual cache (~/.cache/m2gan), as in training.
-        fid_args = dict(config["fid"], num_samples=200) if args.quick else config["fid"]
+        fid_args = config["fid"]
+        if args.quick:  # fewer images and a rougher judge (the default one trains for about a minute)
+            judge = judge_file(JudgeRecipe(resolution=config["data"]["resolution"], pool_size=1000, steps=60))
+            fid_args = dict(fid_args, num_samples=200, feature_extractor_weights_path=str(judge))
         rows.append(compare(model, datamodule, FID(**fid_args), repeats, cache))
         if args.inception:
             weights = untrained_inception(os.path.join(cache, "inception.pth"))

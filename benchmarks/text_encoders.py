@@ -33,9 +33,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from plain_loop import PlainStep, default_parts, take_batches  # benchmarks/plain_loop.py
 from timing import interleaved_medians  # benchmarks/timing.py
+
 from m2gan.negatives import hard_negatives
 from m2gan.pretrained import write_random_text_model
 from m2gan.tokenizer import SPECIAL_TOKENS

@@ -265,7 +265,7 @@ class M2GANCLI(LightningCLI):
         logger = trainer.logger
         if isinstance(logger, WandbLogger):
             try:
-                logger.experiment  # starts the W&B run now, so a failure shows before training
+                _ = logger.experiment  # starts the W&B run now, so a failure shows before training
             except Exception as error:  # noqa: BLE001 - any W&B failure must not stop training
                 fallback = CSVLogger(save_dir=logger.save_dir or "runs", name=str(logger.name or "m2gan"))
                 warnings.warn(
@@ -292,7 +292,7 @@ def main(default_config: str, args: list[str] | None = None) -> M2GANCLI | None:
                 M2GAN,
                 CaptionDataModule,
                 save_config_callback=RunConfigSaver,
-                parser_kwargs={sub: defaults for sub in ("fit", "validate", "test", "predict")},
+                parser_kwargs=dict.fromkeys(("fit", "validate", "test", "predict"), defaults),
                 args=args,
             )
         except BaseException as error:

@@ -24,10 +24,10 @@ import torch
 from m2gan import losses, rng
 from m2gan.batch import CaptionBatch, EvaluationBatch, PromptBatch
 from m2gan.checkpoint_io import (
+    EARLIER_DEFAULTS,
     RNG_KEY,
     TOKENIZER_KEY,
     WORD_PAIRS_KEY,
-    EARLIER_DEFAULTS,
     CheckpointError,
     check_text_sources,
     check_weights,

@@ -9,6 +9,22 @@ import torch
 
 from m2gan.data import CaptionDataModule
 from m2gan.model import M2GAN
+from tests.helpers import TINY_MODEL
+
+WORKERS = 2
+"""pytest-xdist workers of a plain ``pytest``: one per core of the 2-core machines the suite is sized for."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    # Two workers by default where pytest-xdist is installed (its `-n`/`--dist` still choose: `-n 0`
+    # runs in one process); without it, a plain `pytest` runs in one process instead of failing on
+    # an unknown `-n` in addopts. worksteal rebalances when a slow test holds one worker.
+    if getattr(config.option, "numprocesses", "no xdist") is None and not os.environ.get("PYTEST_XDIST_WORKER"):
+        config.option.numprocesses = WORKERS
+        if config.option.dist == "no":
+            config.option.dist = "worksteal"
+
 
 def pytest_configure(config):
     # Under pytest-xdist, the workers share the machine's cores: each worker and every process it
@@ -18,12 +34,6 @@ def pytest_configure(config):
         threads = max(1, (os.cpu_count() or 1) // workers)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
-
-
-TINY_MODEL = dict(
-    noise_dim=8, text_width=16, sentence_dim=16, g_channels=8, d_channels=8, max_channels=16, embed_dim=16,
-    captioner_width=16, captioner_layers=1, captioner_channels=4,
-)  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +47,15 @@ def m2gan_cache(tmp_path_factory):
     folder = root / "m2gan-cache"
     folder.mkdir(exist_ok=True)
     return folder
+
+
+@pytest.fixture(scope="session")
+def judge(m2gan_cache) -> str:
+    """A shapes judge at test size (32 px), trained once per test run, for the tiny runs' FID and
+    attribute accuracy (``tests.helpers.with_callbacks``): the default recipe's judge takes a minute."""
+    from m2gan.eval.shapes_judge import JudgeRecipe, judge_file
+
+    return str(judge_file(JudgeRecipe(pool_size=1000, steps=60), m2gan_cache))
 
 
 @pytest.fixture(autouse=True)

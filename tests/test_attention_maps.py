@@ -10,7 +10,7 @@ from callbacks import SampleGrid
 from m2gan import sample
 from m2gan.model import M2GAN
 from m2gan.tokenizer import PAD_ID
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def test_each_words_map_sums_to_one_over_positions_and_padding_gets_none(attendi
     records = attending.ema.attention_maps(prompts, num_images=2, seed=4)
     assert [r.prompt for r in records] == [prompts[0]] * 2 + [prompts[1]] * 2
     assert records[0].words == ["a", "red", "circle"]  # no [BOS], [EOS] or padding
-    assert records[2].words == "a small blue square at the top left".split()
+    assert records[2].words == ["a", "small", "blue", "square", "at", "the", "top", "left"]
     for record in records:
         assert sorted(record.maps) == [8, 16]
         for side, maps in record.maps.items():

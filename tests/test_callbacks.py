@@ -15,7 +15,7 @@ from callbacks import CaptionBLEU, FinalCheckpoint, SampleGrid
 from m2gan.eval.bleu import corpus_bleu
 from m2gan.loggers import AutoWandbLogger
 from m2gan.model import M2GAN
-from tests.wandb_runs import inspect_run
+from tests.helpers import inspect_run
 
 
 def _trainer(tmp_path, callbacks, batches):

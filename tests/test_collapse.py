@@ -16,7 +16,7 @@ from m2gan.data.shapes import ShapesDataset
 from m2gan.images import to_uint8
 from m2gan.model import M2GAN, CollapseError
 from m2gan.networks import Generator
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
 
 
 class _Collapsing:
@@ -71,7 +71,7 @@ def test_the_alarm_names_the_symptom_and_batch_in_one_line_and_in_the_wandb_summ
     import wandb
 
     from m2gan.loggers import AutoWandbLogger
-    from tests.wandb_runs import history, inspect_run
+    from tests.helpers import history, inspect_run
 
     logger = AutoWandbLogger(save_dir=str(tmp_path / "runs"))
     alarm = CollapseAlarm(every_n_batches=2, num_prompts=4, num_images=2)

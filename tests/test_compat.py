@@ -17,7 +17,7 @@ import torch
 
 import m2gan
 from m2gan.model import M2GAN
-from tests.test_resume import _run
+from tests.helpers import train_tiny
 
 FIXTURE = Path(__file__).parent / "fixtures" / "m2gan-0.1.0-tiny.tar.gz"
 FIXTURE_TORCH = "2.14.1"  # the torch that wrote it
@@ -68,11 +68,11 @@ def relative_distances(model: M2GAN, reference: M2GAN) -> dict[str, float]:
     reason=f"the tolerance was measured with the torch that wrote the fixture ({FIXTURE_TORCH}); another "
     "torch may take other kernels",
 )
-def test_an_old_checkpoint_resumes_to_the_uninterrupted_run(old, tmp_path):
+def test_an_old_checkpoint_resumes_to_the_uninterruptedtrain_tiny(old, tmp_path):
     # The defaults the fixture was trained with.
     as_trained = {"generator_output": "tanh", "text_position_std": 0.02, "text_architecture": "transformer"}
-    straight, _ = _run(tmp_path / "straight", **as_trained)
-    resumed, trainer = _run(tmp_path / "resumed", ckpt_path=str(old / "step=6.ckpt"), **as_trained)
+    straight, _ = train_tiny(tmp_path / "straight", **as_trained)
+    resumed, trainer = train_tiny(tmp_path / "resumed", ckpt_path=str(old / "step=6.ckpt"), **as_trained)
     assert trainer.global_step == 32
     assert int(resumed.d_steps) == int(straight.d_steps) == 16 and int(resumed.g_steps) == 16
     distances = relative_distances(resumed, straight)

@@ -13,7 +13,31 @@ import torch
 
 from m2gan.checkpoint_io import AtomicCheckpointIO
 from m2gan.model import M2GAN
-from tests.test_train_cli import ROOT, TINY
+from tests.helpers import ROOT, TINY, run_cli
+
+
+def _start(args: list[str], cwd) -> subprocess.Popen:
+    """``train.py fit`` in a child process: the process boundary is the subject (it is killed)."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(ROOT / "train.py"), "fit", *TINY, *args]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _kill_when(process: subprocess.Popen, ready, delay: float = 0.0, timeout: float = 240) -> None:
+    """SIGKILL ``process`` ``delay`` seconds after ``ready()`` first holds."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "the kill point was never reached"
+        time.sleep(0.05)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def _newest_last(folder) -> tuple:
+    newest = max(folder.glob("runs/m2gan/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return newest, int(M2GAN.load(newest).g_steps)
 
 
 def test_a_failed_write_leaves_the_previous_file_and_no_debris(tmp_path):
@@ -47,10 +71,7 @@ trainer:
     - class_path: callbacks.FinalCheckpoint
       init_args: {{dirpath: {ckpt}, filename: "{{step}}", save_last: true, save_top_k: -1, every_n_train_steps: 2}}
 """)
-    env = {"WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, str(ROOT / "train.py"), "fit", *TINY, f"--config={config}", "--trainer.max_steps=8"]
-    process = subprocess.Popen(command, cwd=tmp_path, env={**__import__("os").environ, **env},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    process = _start([f"--config={config}", "--trainer.max_steps=8"], tmp_path)
     deadline = time.monotonic() + 240
     while not (tmp_path / "writing").exists():
         assert process.poll() is None, process.stderr.read().decode()[-3000:]
@@ -65,37 +86,11 @@ trainer:
     assert M2GAN.load(ckpt / "step=4.ckpt").g_steps == 2
     assert {p.name for p in ckpt.iterdir() if p.suffix == ".ckpt"} == {"last.ckpt", "step=2.ckpt", "step=4.ckpt"}
 
-    # Resume from it: at most the steps since that checkpoint are lost.
-    resumed = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "fit", *TINY, f"--ckpt_path={ckpt / 'last.ckpt'}", "--trainer.max_steps=8"],
-        cwd=tmp_path, env={**__import__("os").environ, **env}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    # Resume from it (in this process: no kill now): at most the steps since that checkpoint are lost.
+    resumed = run_cli(["fit", *TINY, f"--ckpt_path={ckpt / 'last.ckpt'}", "--trainer.max_steps=8"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     (final,) = tmp_path.glob("runs/m2gan/*/checkpoints/last.ckpt")
     assert int(M2GAN.load(final).g_steps) == 4
-
-
-def _start(args: list[str], cwd) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, str(ROOT / "train.py"), "fit", *TINY, *args]
-    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _kill_when(process: subprocess.Popen, ready, delay: float = 0.0, timeout: float = 240) -> None:
-    """SIGKILL ``process`` ``delay`` seconds after ``ready()`` first holds."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "the kill point was never reached"
-        time.sleep(0.05)
-    time.sleep(delay)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-
-
-def _newest_last(folder) -> tuple:
-    newest = max(folder.glob("runs/m2gan/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    return newest, int(M2GAN.load(newest).g_steps)
 
 
 @pytest.mark.slow
@@ -113,7 +108,10 @@ trainer:
       init_args: {filename: "{step}", save_last: true, save_top_k: -1, every_n_train_steps: 4}
 """)
     args = [f"--config={config}", "--trainer.limit_val_batches=0"]
-    files = lambda: list(tmp_path.glob("runs/m2gan/*/checkpoints/step=*.ckpt"))  # noqa: E731
+
+    def files() -> list:
+        return list(tmp_path.glob("runs/m2gan/*/checkpoints/step=*.ckpt"))
+
 
     # 1. Killed during training, right after its second periodic checkpoint (4 of 12 batches).
     _kill_when(_start(args, tmp_path), lambda: len(files()) >= 2)
@@ -131,12 +129,9 @@ trainer:
     _kill_when(_start([*args, "--ckpt_path=last"], tmp_path), lambda: True, delay=1.0)
     assert _newest_last(tmp_path) == (last, resumed_to) and last.stat().st_mtime == mtime
 
-    # 4. Resumed to the end: all 12 batches done, nothing lost beyond the steps since a checkpoint.
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    final = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "fit", *TINY, *args, "--ckpt_path=last"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    # 4. Resumed to the end (in this process: no kill now): all 12 batches done, nothing lost beyond
+    # the steps since a checkpoint.
+    final = run_cli(["fit", *TINY, *args, "--ckpt_path=last"], tmp_path)
     assert final.returncode == 0, final.stderr[-3000:]
     assert f"resuming from {last}" in final.stderr
     assert _newest_last(tmp_path)[1] == 12

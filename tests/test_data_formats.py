@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import warnings
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from m2gan.data.check import main as data_check
 from m2gan.data.shards import CaptionShards
 from m2gan.images import decode_image, load_image
 from m2gan.model import M2GAN
-from tests.test_train_cli import ROOT, TINY, run_train
+from tests.helpers import ROOT, TINY_RUN, jpeg_bytes, run_cli, shards
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 230), "yellow": (240, 230, 30)}
 
@@ -32,18 +30,12 @@ def _picture(path: Path, colour=(200, 40, 40), size=(48, 36), mode="RGB", **save
     return path
 
 
-def _jpeg_bytes(colour=(200, 40, 40), size=(40, 40)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
 def _broken_files(folder: Path) -> dict[str, Path]:
     """Corrupt, truncated and zero-byte 'images'."""
     folder.mkdir(parents=True, exist_ok=True)
     corrupt, truncated, empty = folder / "corrupt.jpg", folder / "truncated.jpg", folder / "empty.jpg"
     corrupt.write_bytes(b"this is not a jpeg at all" * 10)
-    truncated.write_bytes(_jpeg_bytes(size=(64, 64))[:200])
+    truncated.write_bytes(jpeg_bytes(size=(64, 64))[:200])
     empty.write_bytes(b"")
     return {"corrupt.jpg": corrupt, "truncated.jpg": truncated, "empty.jpg": empty}
 
@@ -124,7 +116,7 @@ def test_image_folder_of_txt_pairs_and_csv_splits_by_hash(tmp_path):
         _picture(pairs / f"{i:03d}.jpg", (i * 6, 100, 50))
         (pairs / f"{i:03d}.txt").write_text(f"picture number {i}\nanother caption {i}\n")
     (pairs / "orphan.txt").write_text("a caption with no image")
-    (pairs / "latin1.jpg").write_bytes(_jpeg_bytes())
+    (pairs / "latin1.jpg").write_bytes(jpeg_bytes())
     (pairs / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
     data = CaptionDataModule(format="folder", root=str(pairs), resolution=32, val_fraction=0.2, test_fraction=0.2)
     splits = {s: {Path(r.image).name for r in data.datasets[s].records} for s in ("train", "val", "test")}
@@ -242,27 +234,8 @@ def test_unusable_data_fails_at_setup_naming_the_path_and_problems(tmp_path):
 # -- WebDataset shards -------------------------------------------------------------------------
 
 
-def _shards(folder: Path, count: int = 4, per_shard: int = 3) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    for s in range(count):
-        with tarfile.open(folder / f"shard-{s:03d}.tar", "w") as tar:
-            members = []
-            for k in range(per_shard):
-                key = f"s{s}_{k}"
-                members += [
-                    (f"{key}.jpg", _jpeg_bytes((40 * k, 50, 60))),
-                    (f"{key}.txt", f"shard {s} sample {k}".encode()),
-                ]
-            members += [("bad.jpg", b"not an image"), ("bad.txt", b"a caption"), ("lonely.json", b'{"text": "x"}')]
-            for name, payload in members:
-                info = tarfile.TarInfo(name)
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
-    return str(folder / f"shard-{{000..{count - 1:03d}}}.tar")
-
-
 def test_webdataset_shards_are_split_across_ranks_and_workers(tmp_path, monkeypatch):
-    urls = _shards(tmp_path / "shards")
+    urls = shards(tmp_path / "shards")
     seen = {}
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
@@ -277,8 +250,8 @@ def test_webdataset_shards_are_split_across_ranks_and_workers(tmp_path, monkeypa
 
 
 def test_webdataset_datamodule_batches_and_counts_bad_samples(tmp_path):
-    urls = _shards(tmp_path / "train")
-    val = _shards(tmp_path / "val", count=1)
+    urls = shards(tmp_path / "train")
+    val = shards(tmp_path / "val", count=1)
     with pytest.warns(UserWarning, match="skipped 2 bad samples"):
         data = CaptionDataModule(format="webdataset", train_shards=urls, val_shards=val, resolution=32, batch_size=4)
     batch = next(iter(data.train_dataloader()))
@@ -306,18 +279,19 @@ def test_data_check_reports_counts_and_problems(tmp_path, capsys):
 def test_train_py_fits_each_format(tmp_path, data_format):
     if data_format == "webdataset":
         location = [
-            f"--data.train_shards={_shards(tmp_path / 'train')}",
-            f"--data.val_shards={_shards(tmp_path / 'val', 1)}",
+            f"--data.train_shards={shards(tmp_path / 'train')}",
+            f"--data.val_shards={shards(tmp_path / 'val', 1)}",
         ]
     else:
         build = {"folder": _folder, "coco": _coco, "cub": _cub}[data_format]
         location = [f"--data.root={build(tmp_path / data_format)}"]
     configs = [ROOT / "configs" / "sizes" / "gpu-64px.yaml", ROOT / "configs" / "data" / f"{data_format}.yaml"]
-    args = ["fit", *(f"--config={config}" for config in configs), *TINY, *location]
+    # The size file's own callbacks stay (TINY_RUN brings none).
+    args = ["fit", *(f"--config={config}" for config in configs), *TINY_RUN, *location]
     args += ["--data.resolution=32", "--data.batch_size=2", "--trainer.max_steps=4", "--data.num_workers=0"]
     args += ["--trainer.val_check_interval=1"]
     # No Inception weights in this fresh TORCH_HOME: the config's FID callback must switch itself off.
-    result = run_train(args, tmp_path, env={"TORCH_HOME": str(tmp_path / "torch")})
+    result = run_cli(args, tmp_path, env={"TORCH_HOME": str(tmp_path / "torch")})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "FID callback disabled" in result.stderr
     (last,) = tmp_path.glob("runs/m2gan/*/checkpoints/last.ckpt")

@@ -153,7 +153,7 @@ def test_the_callback_logs_chance_for_a_prompt_blind_generator_and_the_ceiling_f
         logged = {}
         module = SimpleNamespace(
             ema=pipeline, tokenizer=datamodule.tokenizer, device=torch.device("cpu"),
-            hparams=SimpleNamespace(resolution=32), log=lambda key, value, **kwargs: logged.__setitem__(key, value),
+            hparams=SimpleNamespace(resolution=32), log=lambda key, value, logged=logged, **kwargs: logged.__setitem__(key, value),
         )  # fmt: skip
         callback = TextImageConsistency(num_samples=400, diversity_prompts=10, evaluator_weights_path=str(path))
         callback.setup(trainer, module, "fit")

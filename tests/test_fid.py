@@ -13,9 +13,14 @@ import torch_fidelity
 import torch_fidelity.feature_extractor_inceptionv3 as inception_module
 
 from callbacks import FID, AttributeAccuracy
+from m2gan.atomic import atomic_path
+from m2gan.cache import made_once
+from m2gan.data import CaptionDataModule
 from m2gan.eval import fid
 from m2gan.eval.gather import gather_by_index
 from m2gan.eval.shapes_judge import JudgeRecipe, save_judge, train_judge
+from m2gan.model import M2GAN
+from tests.helpers import TINY_MODEL
 
 
 def _blobs(count: int, seed: int, shift: float = 0.0) -> torch.Tensor:
@@ -27,7 +32,7 @@ def _blobs(count: int, seed: int, shift: float = 0.0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
-def inception_weights(tmp_path_factory) -> str:
+def inception_weights(m2gan_cache) -> str:
     """A torch-fidelity Inception weights file made here: random init, BatchNorm statistics recalibrated.
 
     Plain random weights give features near 1e-8 (every FID ≈ 0); running a few batches through
@@ -38,21 +43,23 @@ def inception_weights(tmp_path_factory) -> str:
         def load_state_dict(self, state_dict, strict=True, assign=False):  # keep the random init
             return None
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(inception_module, "load_state_dict_from_url", lambda *args, **kwargs: {})
-        torch.manual_seed(0)
-        model = Untrained(fid.INCEPTION, ["2048"])
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # a plain average over the calibration batches
-            module.train()
-    with torch.no_grad():
-        for seed in range(2):
-            model(_blobs(16, seed=100 + seed))
-    path = tmp_path_factory.mktemp("inception") / "inception.pth"
-    torch.save(model.state_dict(), path)
-    return str(path)
+    def write(path) -> None:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(inception_module, "load_state_dict_from_url", lambda *args, **kwargs: {})
+            torch.manual_seed(0)
+            model = Untrained(fid.INCEPTION, ["2048"])
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.momentum = None  # a plain average over the calibration batches
+                module.train()
+        with torch.no_grad():
+            for seed in range(2):
+                model(_blobs(16, seed=100 + seed))
+        with atomic_path(path) as temporary:
+            torch.save(model.state_dict(), temporary)
+
+    return str(made_once(m2gan_cache / "test-inception.pth", write))  # once per test run, for both workers
 
 
 def _features(path: str, images: torch.Tensor, batch_size: int, layers=("2048",)) -> dict[str, torch.Tensor]:
@@ -62,14 +69,14 @@ def _features(path: str, images: torch.Tensor, batch_size: int, layers=("2048",)
 
 
 def test_fid_equals_torch_fidelity_and_is_zero_against_itself(inception_weights):
-    generated, real = _blobs(24, seed=1), _blobs(24, seed=2, shift=0.3)
-    ours_generated = _features(inception_weights, generated, 12, layers=("2048", "logits_unbiased"))
-    ours_real = _features(inception_weights, real, 12, layers=("2048", "logits_unbiased"))
+    generated, real = _blobs(16, seed=1), _blobs(16, seed=2, shift=0.3)
+    ours_generated = _features(inception_weights, generated, 8, layers=("2048", "logits_unbiased"))
+    ours_real = _features(inception_weights, real, 8, layers=("2048", "logits_unbiased"))
     layers = fid.metric_layers(fid.INCEPTION, ["fid", "kid", "isc", "prc"])
-    ours = fid.compute_metrics(ours_generated, ours_real, layers, kid_subset_size=12)
+    ours = fid.compute_metrics(ours_generated, ours_real, layers, kid_subset_size=8)
     theirs = torch_fidelity.calculate_metrics(
-        input1=fid.ImageTensors(generated), input2=fid.ImageTensors(real), cuda=False, batch_size=12, fid=True, kid=True, isc=True,
-        prc=True, kid_subset_size=12, feature_extractor=fid.INCEPTION, feature_extractor_weights_path=inception_weights, cache=False,
+        input1=fid.ImageTensors(generated), input2=fid.ImageTensors(real), cuda=False, batch_size=8, fid=True, kid=True, isc=True,
+        prc=True, kid_subset_size=8, feature_extractor=fid.INCEPTION, feature_extractor_weights_path=inception_weights, cache=False,
         save_cpu_ram=True, verbose=False,
     )  # fmt: skip
     assert ours["fid"] > 1.0, "the test weights give degenerate features"
@@ -82,11 +89,11 @@ def test_fid_equals_torch_fidelity_and_is_zero_against_itself(inception_weights)
 
 
 def test_fid_does_not_depend_on_the_batch_size(inception_weights):
-    generated, real = _blobs(12, seed=3), _blobs(8, seed=4, shift=0.2)
-    real_features = _features(inception_weights, real, 8)
+    generated, real = _blobs(7, seed=3), _blobs(6, seed=4, shift=0.2)
+    real_features = _features(inception_weights, real, 6)
     one = fid.compute_metrics(_features(inception_weights, generated, 1), real_features, {"fid": "2048"})
-    # Batches of 5, 5 and 2: a short last batch must not change the features either.
-    many = fid.compute_metrics(_features(inception_weights, generated, 5), real_features, {"fid": "2048"})
+    # Batches of 3, 3 and 1: a short last batch must not change the features either.
+    many = fid.compute_metrics(_features(inception_weights, generated, 3), real_features, {"fid": "2048"})
     assert one["fid"] == pytest.approx(many["fid"], rel=1e-5)
 
 
@@ -187,10 +194,14 @@ def test_fid_callback_switches_itself_off_without_weights_or_network(tmp_path, d
     assert not downloading.enabled
 
 
-def test_fid_callback_with_inception_weights_from_a_local_file(tmp_path, datamodule, tiny_model, inception_weights):
-    callback = FID(num_samples=10, feature_extractor_weights_path=inception_weights, cache_dir=str(tmp_path))
-    metrics = _validate(tiny_model, datamodule, [callback], tmp_path)
-    assert metrics["val/fid_10"] > 0
+def test_fid_callback_with_inception_weights_from_a_local_file(tmp_path, inception_weights):
+    # 4 drawn and 4 real images: each costs Inception's 299-pixel forward pass on a CPU.
+    datamodule = CaptionDataModule(batch_size=4, train_size=16, val_size=4, test_size=4, tokenizer_fit_size=300)
+    model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
+    model.set_tokenizer(datamodule.tokenizer)
+    callback = FID(num_samples=4, feature_extractor_weights_path=inception_weights, cache_dir=str(tmp_path))
+    metrics = _validate(model, datamodule, [callback], tmp_path)
+    assert metrics["val/fid_4"] > 0
 
 
 def test_fid_can_be_monitored_by_model_checkpoint(tmp_path, datamodule, tiny_model, judge_weights):

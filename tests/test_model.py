@@ -11,7 +11,7 @@ from PIL import Image
 
 from m2gan.data import CaptionDataModule
 from m2gan.model import M2GAN
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
 
 
 def _fit(model, datamodule, batches: int) -> pl.Trainer:

@@ -36,7 +36,7 @@ def test_a_row_that_cannot_borrow_is_left_alone():
 
 
 # Word ids of the binding tests: sentences of ids >= 4 with [BOS]/[EOS] around them.
-WORDS = {w: i + 4 for i, w in enumerate("a red blue circle square left of the top corner in small big round shape".split())}
+WORDS = {w: i + 4 for i, w in enumerate(["a", "red", "blue", "circle", "square", "left", "of", "the", "top", "corner", "in", "small", "big", "round", "shape"])}
 
 
 def encode(*captions: str) -> torch.Tensor:

@@ -86,7 +86,7 @@ def _order_read(architecture: str, scramble: bool) -> float:
     if scramble:  # the same words in a random order: a bag of words, the control
         order = torch.rand(tokens.shape, generator=generator).masked_fill(tokens == 0, 2.0).argsort(1)
         tokens = tokens.gather(1, order)
-    for step in range(300):
+    for _ in range(300):
         rows = torch.randint(500, (32,), generator=generator)
         loss = torch.nn.functional.mse_loss(head(encoder(tokens[rows])[1]), target[rows])
         optimizer.zero_grad()

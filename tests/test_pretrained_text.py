@@ -20,8 +20,7 @@ from m2gan.export import main as export_main
 from m2gan.model import M2GAN
 from m2gan.pretrained import PretrainedTextError, folder_digest, load_pretrained_text, write_random_text_model
 from m2gan.sample import main as sample_main
-from tests.conftest import TINY_MODEL
-from tests.test_train_cli import TINY, checkpoints, run_train
+from tests.helpers import TINY, TINY_MODEL, checkpoints, run_cli, run_train
 
 pytest.importorskip("transformers")  # the [hf] extra, part of [test]; like the demo's tests without gradio
 
@@ -95,7 +94,7 @@ def test_features_ignore_padding_and_the_rest_of_the_batch(data, folders, kind):
     else:
         pooled = (output.last_hidden_state * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
     torch.testing.assert_close(sentence, encoder.to_sentence(pooled), atol=1e-5, rtol=1e-5)
-    assert 0.05 < (sentence[0] - sentence[1]).norm() / sentence[0].norm()  # different captions, different vectors
+    assert (sentence[0] - sentence[1]).norm() / sentence[0].norm() > 0.05  # different captions, different vectors
 
 
 def test_the_encoder_runs_under_bf16_autocast(data, folders):
@@ -150,7 +149,7 @@ def test_a_trainable_encoder_learns_at_its_own_rate_and_is_saved(data, folders, 
     backbone = model.text_encoder.model
     before = {name: value.clone() for name, value in backbone.state_dict().items()}
     _, opt_d = model.configure_optimizers()
-    assert [p for p in opt_d.param_groups[1]["params"]] == list(backbone.parameters())
+    assert list(opt_d.param_groups[1]["params"]) == list(backbone.parameters())
     assert opt_d.param_groups[1]["lr"] == 3e-4
     assert model.ema.text_encoder.model is not backbone  # an EMA copy of its own
     assert backbone.training  # fine-tuned with its dropout, as the module it belongs to trains
@@ -176,7 +175,7 @@ def test_train_sample_export_and_reload(tmp_path, folders, kind, capsys):
     folder = tmp_path / "text-model"
     shutil.copytree(folders[kind], folder)
     digest = folder_digest(folder)
-    trained = run_train(["fit", *TINY, f"--model.text_encoder={folder}"], tmp_path)
+    trained = run_cli(["fit", *TINY, f"--model.text_encoder={folder}"], tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
     (last,) = checkpoints(tmp_path)
     state = torch.load(last, weights_only=True)["state_dict"]
@@ -222,7 +221,7 @@ def test_train_sample_export_and_reload(tmp_path, folders, kind, capsys):
 def test_ddp_fine_tunes_a_pretrained_encoder_in_two_processes(tmp_path, folders):
     ddp = ["--trainer.strategy=ddp_find_unused_parameters_true", "--trainer.devices=2", "--trainer.accelerator=cpu"]
     args = [f"--model.text_encoder={folders['bert']}", "--model.text_encoder_trainable=true"]
-    trained = run_train(["fit", *TINY, *ddp, *args], tmp_path)
+    trained = run_train(["fit", *TINY, *ddp, *args], tmp_path)  # a child: Lightning starts rank 1 as another
     errors = [line for line in trained.stderr.splitlines() if "Error" in line]  # every rank's, not only the last
     assert trained.returncode == 0, "\n".join(errors)[-3000:] or trained.stderr[-3000:]
     (last,) = checkpoints(tmp_path)
@@ -267,7 +266,7 @@ def test_a_bad_folder_is_one_clear_error(tmp_path, folders, data, kind):
 
 
 def test_a_bad_folder_stops_train_py_with_one_line(tmp_path):
-    result = run_train(["fit", *TINY, f"--model.text_encoder={tmp_path / 'nowhere'}"], tmp_path)
+    result = run_cli(["fit", *TINY, f"--model.text_encoder={tmp_path / 'nowhere'}"], tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: invalid configuration: model.text_encoder {tmp_path / 'nowhere'}: no such folder"

@@ -5,35 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from callbacks import FinalCheckpoint
 from m2gan.data import CaptionDataModule
-from m2gan.model import M2GAN
-from tests.conftest import TINY_MODEL
-
-SHAPES = {"batch_size": 8, "train_size": 64, "val_size": 16, "test_size": 16, "tokenizer_fit_size": 300}
-
-
-def _run(tmp_path, max_steps=-1, ckpt_path=None, save_every=None, data=SHAPES, final_checkpoint=False, **model):
-    pl.seed_everything(0, workers=True)
-    data = CaptionDataModule(**data)
-    model = M2GAN(vocab_size=data.vocab_size, max_length=data.max_length, **{**TINY_MODEL, **model})
-    model.set_tokenizer(data.tokenizer)
-    callbacks = []
-    if save_every:
-        callbacks.append(pl.callbacks.ModelCheckpoint(tmp_path, every_n_train_steps=save_every, save_top_k=-1))
-    if final_checkpoint:
-        callbacks.append(FinalCheckpoint(tmp_path, save_last=True, save_top_k=0))
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path, max_epochs=2, max_steps=max_steps, limit_val_batches=0, logger=False,
-        callbacks=callbacks, deterministic=True, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=bool(callbacks),
-    )  # fmt: skip
-    trainer.fit(model, data, ckpt_path=ckpt_path)
-    return model, trainer
+from tests.helpers import SHAPES, train_tiny
 
 
 def _same_training(resumed, resumed_trainer, straight, straight_trainer) -> None:
@@ -69,11 +45,11 @@ def _coco(folder) -> dict:
 @pytest.mark.parametrize("data", ["shapes", "augmented coco"])
 def test_resume_mid_epoch_is_bit_exact(tmp_path, data):
     data = SHAPES if data == "shapes" else _coco(tmp_path / "coco")
-    straight, straight_trainer = _run(tmp_path / "straight", data=data)  # 2 epochs of 8 batches
+    straight, straight_trainer = train_tiny(tmp_path / "straight", data=data)  # 2 epochs of 8 batches
     # Interrupted after 3 batches (6 optimizer steps) of the first epoch, then resumed.
-    _run(tmp_path / "first", max_steps=6, save_every=6, data=data)
+    train_tiny(tmp_path / "first", max_steps=6, save_every=6, data=data)
     (checkpoint,) = (tmp_path / "first").glob("*step=6.ckpt")
-    resumed, resumed_trainer = _run(tmp_path / "second", ckpt_path=str(checkpoint), data=data)
+    resumed, resumed_trainer = train_tiny(tmp_path / "second", ckpt_path=str(checkpoint), data=data)
     _same_training(resumed, resumed_trainer, straight, straight_trainer)
 
 
@@ -86,8 +62,8 @@ def test_augmentation_is_a_function_of_the_visit(tmp_path):
 
 
 def test_a_run_stopped_by_max_steps_continues_when_resumed_with_more(tmp_path):
-    straight, straight_trainer = _run(tmp_path / "straight")
+    straight, straight_trainer = train_tiny(tmp_path / "straight")
     # The job's own last.ckpt, written as max_steps stopped it mid-epoch, resumed with a larger max_steps.
-    _run(tmp_path / "first", max_steps=6, final_checkpoint=True)
-    resumed, resumed_trainer = _run(tmp_path / "second", ckpt_path=str(tmp_path / "first" / "last.ckpt"))
+    train_tiny(tmp_path / "first", max_steps=6, final_checkpoint=True)
+    resumed, resumed_trainer = train_tiny(tmp_path / "second", ckpt_path=str(tmp_path / "first" / "last.ckpt"))
     _same_training(resumed, resumed_trainer, straight, straight_trainer)

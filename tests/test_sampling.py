@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,7 +96,7 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused(checkpoint, tmp_path, ca
 
 
 def _truncated(checkpoint, tmp_path):
-    data = open(checkpoint, "rb").read()
+    data = Path(checkpoint).read_bytes()
     (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
     return str(tmp_path / "cut.ckpt")
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
-from tests.test_train_cli import TINY, run_train
-from tests.wandb_runs import history, inspect_run
+from tests.helpers import TINY, WANDB, history, inspect_run, run_cli, with_callbacks
 
 
 def offline_runs(root: Path) -> list[Path]:
@@ -19,12 +16,11 @@ def steps_of(rows: list[dict], prefix: str) -> list[int]:
     return [row["trainer/batch"] for row in rows if any(key.startswith(prefix) for key in row)]
 
 
-@pytest.mark.slow
-def test_one_step_axis_and_a_resumed_run_continues_it(tmp_path):
+def test_one_step_axis_and_a_resumed_run_continues_it(tmp_path, judge):
     # 3 batches (max_steps counts optimizer steps, two per batch); validation every 2 batches; train/* every
-    # batch; 200 validation captions, enough for R-precision's 100 candidates.
-    args = [*TINY, "--trainer.log_every_n_steps=1", "--data.val_size=200"]
-    first = run_train(["fit", *args, "--trainer.max_steps=6"], tmp_path)
+    # batch; 16 validation captions for the test-size R-precision.
+    args = [*TINY, *with_callbacks(tmp_path, judge=judge), *WANDB, "--trainer.log_every_n_steps=1", "--data.val_size=16"]
+    first = run_cli(["fit", *args, "--trainer.max_steps=6"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     (run_folder,) = tmp_path.glob("runs/m2gan/*")
     (part1,) = offline_runs(tmp_path)
@@ -47,8 +43,10 @@ def test_one_step_axis_and_a_resumed_run_continues_it(tmp_path):
 
     # Keep part 1's final checkpoint: resuming from it later would log batch 4 twice.
     shutil.copy(run_folder / "checkpoints" / "last.ckpt", tmp_path / "batch3.ckpt")
-    second = run_train(["fit", *args, "--trainer.max_steps=8", "--ckpt_path=last"], tmp_path)
+    # --ckpt_path last: the newest run's last.ckpt, continued in its own folder and W&B run.
+    second = run_cli(["fit", *args, "--trainer.max_steps=8", "--ckpt_path=last"], tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming from {run_folder / 'checkpoints' / 'last.ckpt'}" in second.stderr
     assert f"continuing W&B run {run_folder.name} from batch 3" in second.stderr
     assert list(tmp_path.glob("runs/m2gan/*")) == [run_folder]  # same run folder
     assert (run_folder / "config.yaml").is_file() and (run_folder / "config.1.yaml").is_file()
@@ -61,7 +59,7 @@ def test_one_step_axis_and_a_resumed_run_continues_it(tmp_path):
 
     # From a checkpoint older than what the run logged: a new run, so batch 4 is not logged twice.
     (run_folder / "checkpoints" / "batch3.ckpt").write_bytes((tmp_path / "batch3.ckpt").read_bytes())
-    third = run_train(
+    third = run_cli(
         ["fit", *args, "--trainer.max_steps=8", f"--ckpt_path={run_folder / 'checkpoints' / 'batch3.ckpt'}"], tmp_path
     )
     assert third.returncode == 0, third.stderr[-3000:]

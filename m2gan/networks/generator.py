@@ -164,7 +164,9 @@ class Generator(nn.Module):
         x = self.fc(cond).view(-1, self.start_channels, 4, 4)  # (B, C, 4, 4)
         for block in self.blocks:
             x = block(x, cond)  # side doubles each block
-            attention = self.attention[str(x.shape[-1])] if str(x.shape[-1]) in self.attention else None
+            side = str(x.shape[-1])
+            # (a ModuleDict has no .get)
+            attention = self.attention[side] if side in self.attention else None  # noqa: SIM401
             if attention is not None:
                 if attention_maps is not None:
                     attention_maps[x.shape[-1]] = attention.weights(x, words, padding)
