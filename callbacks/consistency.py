@@ -18,6 +18,7 @@ from m2gan.eval.evaluator import (
     embed_images,
     evaluator_file,
     load_evaluator,
+    nearest_captions,
     r_precision,
 )
 from m2gan.images import to_uint8
@@ -42,8 +43,13 @@ class TextImageConsistency(pl.Callback):
     * ``val/diversity``: ``diversity_images`` images of each of the first ``diversity_prompts``
       captions (different noise); their mean pairwise cosine distance in the evaluator's image
       space. 0: the generator ignores its noise.
-    * ``val/diversity_real``: the same distance within groups of real validation images (of
-      different captions): the spread of the data, for scale.
+    * ``val/diversity_same_caption_real``: the same distance within groups of real images that
+      share each caption: the reference ``val/diversity`` should approach. The shapes data draws
+      each caption's scene again (:meth:`ShapesDataset.renditions`); other data take the validation
+      images whose captions are nearest in the evaluator's text space (identical ones first).
+      ``val/diversity_ratio`` is ``val/diversity`` over it.
+    * ``val/diversity_across_captions_real``: the distance within groups of real validation images
+      of different captions: the spread of the whole data, an upper bound no single caption reaches.
 
     Args:
         num_samples: Validation images and captions in the R-precision sets.
@@ -142,12 +148,15 @@ class TextImageConsistency(pl.Callback):
         prompts = captions[: self.diversity_prompts]
         several = pl_module.ema.generate(prompts, num_images=self.diversity_images, seed=self.seed, batch_size=n)
         groups = embed_images(self.evaluator, several, n).view(len(prompts), self.diversity_images, -1)
+        spread = diversity(groups)
         drawn = embed_images(self.evaluator, images, n)
         metrics = {
             "val/r_precision": r_precision(drawn, real["text"][: len(captions)], real["sets"]),
             "val/r_precision_real": real["ceiling"],
-            "val/diversity": diversity(groups),
-            "val/diversity_real": real["diversity"],
+            "val/diversity": spread,
+            "val/diversity_same_caption_real": real["diversity_same_caption"],
+            "val/diversity_ratio": spread / max(real["diversity_same_caption"], 1e-8),
+            "val/diversity_across_captions_real": real["diversity_across_captions"],
         }
         if len(real["binding_rows"]):
             rows = real["binding_rows"]
@@ -158,12 +167,13 @@ class TextImageConsistency(pl.Callback):
     def _choose_validation_set(self, trainer: pl.Trainer) -> bool:
         """The first ``num_samples`` readable validation samples and their candidate sets; False (and
         the callback off) when they hold fewer distinct captions than ``candidates``."""
-        dataset, images, captions = validation_dataset(trainer), [], []
+        dataset, images, captions, indices = validation_dataset(trainer), [], [], []
         for index in range(min(len(dataset), self.num_samples)):
             sample = dataset[index]
             if sample is not None:  # an unreadable image, counted by the data module
                 images.append(to_uint8(sample["image"]))
                 captions.append(dataset.caption(index))
+                indices.append(index)
         try:
             sets = candidate_sets(captions, self.candidates, self.seed)
         except ValueError as error:
@@ -176,6 +186,9 @@ class TextImageConsistency(pl.Callback):
         texts, rows, binding_sets = binding_candidate_sets(captions, twins, self.candidates, self.seed)
         self._real = {"images": torch.stack(images), "captions": captions, "sets": sets, "texts": texts,
                       "binding_rows": rows, "binding_sets": binding_sets}  # fmt: skip
+        if hasattr(dataset, "renditions"):  # real images of each diversity caption, drawn again
+            drawn = [dataset.renditions(i, self.diversity_images, self.seed) for i in indices[: self.diversity_prompts]]
+            self._real["same_caption_images"] = to_uint8(torch.stack(drawn))  # (P, K, 3, H, W)
         return True
 
     def _read_validation_set(self, pl_module: pl.LightningModule) -> None:
@@ -188,6 +201,12 @@ class TextImageConsistency(pl.Callback):
         if len(real["binding_rows"]):
             rows = real["binding_rows"]
             real["binding_ceiling"] = r_precision(image_embeddings[rows], real["text"], real["binding_sets"])
-        k = self.diversity_images
+        k, prompts = self.diversity_images, min(self.diversity_prompts, len(real["captions"]))
         groups = image_embeddings[: len(image_embeddings) // k * k].view(-1, k, image_embeddings.shape[-1])
-        real["diversity"] = diversity(groups[: self.diversity_prompts])
+        real["diversity_across_captions"] = diversity(groups[: self.diversity_prompts])
+        if "same_caption_images" in real:
+            same = real.pop("same_caption_images")
+            groups = embed_images(self.evaluator, same.flatten(0, 1), self.batch_size).view(len(same), k, -1)
+        else:
+            groups = image_embeddings[nearest_captions(real["text"][: len(real["captions"])], prompts, k)]
+        real["diversity_same_caption"] = diversity(groups)

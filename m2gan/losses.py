@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 
 AdversarialLoss = Literal["hinge", "non_saturating"]
+MODE_SEEKING_EPS = 1e-5
+"""Keeps the mode-seeking term finite for identical images (MSGAN's own value)."""
 
 
 def d_adversarial(
@@ -209,3 +211,16 @@ def caption_cross_entropy(
         ignore_index=pad_id,
         label_smoothing=label_smoothing,
     )
+
+
+def mode_seeking(
+    images_a: torch.Tensor, images_b: torch.Tensor, noise_a: torch.Tensor, noise_b: torch.Tensor
+) -> torch.Tensor:
+    """MSGAN's mode-seeking term (Mao et al., 2019): the inverse of how far two images drawn for the
+    same captions lie apart per unit of distance between their noise vectors, (B, 3, H, W) and (B, Z).
+
+    Minimised by the generator, it rewards images that change with the noise: a generator that
+    ignores its noise pays ``1 / eps``.
+    """
+    ratio = (images_a - images_b).abs().mean() / (noise_a - noise_b).abs().mean()
+    return 1 / (ratio + MODE_SEEKING_EPS)

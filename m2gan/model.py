@@ -125,6 +125,10 @@ class M2GAN(pl.LightningModule):
             images (the captioner frozen there): a drawing must read as its caption rather than as
             its twins. A captioner reads binding where the critic may not; 0 = off.
         twin_margin: The margin, in nats of summed caption log-likelihood, of both hinges above.
+        mode_seeking_weight: Weight of MSGAN's mode-seeking term in the generator's loss: half of
+            each batch's captions are drawn a second time with other noise, and the generator pays
+            the inverse of how far the two images lie apart per unit of noise distance, so that
+            it uses its noise (one drawing per caption is a collapse no critic sees); 0 = off.
         gradient_penalty: ``"r1"`` (on real images), ``"ma_gp"`` (DF-GAN's matching-aware penalty on
             real images and sentences) or ``"none"``.
         gp_weight: R1's gamma, or MA-GP's coefficient.
@@ -195,6 +199,7 @@ class M2GAN(pl.LightningModule):
         caption_twin_weight: float = 0.0,
         caption_preference_weight: float = 0.0,
         twin_margin: float = 1.0,
+        mode_seeking_weight: float = 0.0,
         gradient_penalty: GradientPenalty = "r1",
         gp_weight: float = 0.1,
         gp_interval: int = 4,
@@ -246,8 +251,9 @@ class M2GAN(pl.LightningModule):
                 raise ValueError(
                     f"model.{name} > 0 needs model.caption_weight > 0: an untrained captioner cannot judge"
                 )
-        if twin_margin < 0:
-            raise ValueError(f"model.twin_margin must not be negative, got {twin_margin}")
+        for name, value in (("twin_margin", twin_margin), ("mode_seeking_weight", mode_seeking_weight)):
+            if value < 0:
+                raise ValueError(f"model.{name} must not be negative, got {value}")
         if text_encoder_trainable and text_encoder is None:
             raise ValueError("model.text_encoder_trainable needs model.text_encoder: the folder of a pretrained model")
         if text_encoder is not None:

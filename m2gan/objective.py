@@ -72,6 +72,7 @@ class ObjectiveConfig(SettingsGroup):
     caption_twin_weight: float
     caption_preference_weight: float
     twin_margin: float
+    mode_seeking_weight: float
 
     @property
     def uses_twins(self) -> bool:
@@ -279,11 +280,20 @@ class GANObjective:
         """
         cfg, d = self.config, self.discriminator
         sentence = text.sentence
-        fake = self.generator(self.noise(sentence.shape[0], sentence.device), sentence, text.words, text.padding)
+        z = self.noise(sentence.shape[0], sentence.device)  # (B, Z)
+        fake = self.generator(z, sentence, text.words, text.padding)
         fake_features, fake_regions = d.features_and_regions(fake)
         text_embedding = d.embed_text(sentence)
         loss = losses.g_adversarial(d.score(fake_features, text_embedding), cfg.adversarial_loss)
         logs = {"train/g_adv": loss.detach()}
+        if cfg.mode_seeking_weight > 0:  # half the captions drawn again with other noise
+            half = max(1, sentence.shape[0] // 2)
+            z_other = self.noise(half, sentence.device)
+            words, padding = (t[:half] if t is not None else None for t in (text.words, text.padding))
+            other = self.generator(z_other, sentence[:half], words, padding)
+            mode_seeking = losses.mode_seeking(fake[:half], other, z[:half], z_other)
+            loss = loss + cfg.mode_seeking_weight * mode_seeking
+            logs["train/g_mode_seeking"] = mode_seeking.detach()
         if cfg.contrastive_weight_g > 0:
             hard = d.embed_text(text.swapped_sentence) if text.swapped_sentence is not None else None
             contrastive = losses.contrastive(fake_features[0], text_embedding, cfg.contrastive_temperature, hard)

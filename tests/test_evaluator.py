@@ -165,7 +165,10 @@ def test_the_callback_logs_chance_for_a_prompt_blind_generator_and_the_ceiling_f
     assert perfect["val/r_precision_real"] > 0.3
     assert blind["val/r_precision"] < 0.04  # one image for every caption: chance, 1 in 100
     assert perfect["val/diversity"] == pytest.approx(0.0, abs=1e-5)  # the stand-ins ignore their noise
-    assert perfect["val/diversity_real"] > 0.3
+    assert perfect["val/diversity_ratio"] == pytest.approx(0.0, abs=1e-4)
+    # One caption's real images spread, less than images of different captions do.
+    same, across = perfect["val/diversity_same_caption_real"], perfect["val/diversity_across_captions_real"]
+    assert 0.02 < same < across
     # Binding: the candidates begin with twins; a perfect generator reaches the ceiling, a blind one chance.
     assert perfect["val/r_precision_binding"] == perfect["val/r_precision_binding_real"]
     assert blind["val/r_precision_binding"] < 0.06  # chance 1 in 100 over about 70 captions with twins
@@ -187,10 +190,27 @@ def test_inside_a_fit_the_evaluator_is_trained_once_and_the_metrics_are_logged(t
         return dict(trainer.callback_metrics)
 
     logged = set(run("fit"))
-    assert {"val/r_precision", "val/r_precision_real", "val/diversity", "val/diversity_real"} <= logged
+    assert {"val/r_precision", "val/r_precision_real", "val/diversity", "val/diversity_same_caption_real"} <= logged
+    assert {"val/diversity_ratio", "val/diversity_across_captions_real"} <= logged
     assert {"val/r_precision_binding", "val/r_precision_binding_real"} <= logged
     monkeypatch.setattr(ev, "train_evaluator", lambda *args: pytest.fail("retrained a cached evaluator"))
     assert "val/r_precision" in run("validate")  # the same data: the cached evaluator is read
+
+
+def test_diversity_is_zero_for_identical_images_and_grows_with_their_spread():
+    base = torch.nn.functional.normalize(torch.randn(1, 1, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    noise = torch.randn(3, 4, 16, generator=torch.Generator().manual_seed(1))
+    spreads = [ev.diversity(torch.nn.functional.normalize(base + scale * noise, dim=-1)) for scale in (0, 0.1, 0.5, 2)]
+    assert spreads[0] == pytest.approx(0.0, abs=1e-6)
+    assert spreads == sorted(spreads) and spreads[-1] > 0.5
+
+
+def test_nearest_captions_group_identical_captions_first():
+    texts = torch.nn.functional.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    texts[4] = texts[1]  # the same caption twice
+    groups = ev.nearest_captions(texts, count=3, k=2)
+    assert groups[:, 0].tolist() == [0, 1, 2]  # each caption leads its own group
+    assert groups[1, 1].item() == 4  # then the identical one
 
 
 def test_binding_candidates_begin_with_the_captions_twins():

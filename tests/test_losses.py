@@ -159,3 +159,12 @@ def test_the_text_order_loss_pushes_a_caption_and_its_twins_apart():
         optimizer.step()
     after = twin_distance()
     assert before < 0.3 and after > 0.5, (before, after)
+
+
+def test_mode_seeking_is_the_inverse_image_distance_per_noise_distance():
+    a = torch.zeros(2, 3, 4, 4)
+    z, z_other = torch.zeros(2, 8), torch.ones(2, 8)  # noise distance 1
+    assert losses.mode_seeking(a, a + 0.5, z, z_other).item() == pytest.approx(1 / (0.5 + losses.MODE_SEEKING_EPS))
+    assert losses.mode_seeking(a, a + 0.5, z, z_other * 2).item() == pytest.approx(1 / (0.25 + losses.MODE_SEEKING_EPS))
+    # A generator that ignores its noise pays the most.
+    assert losses.mode_seeking(a, a, z, z_other).item() == pytest.approx(1 / losses.MODE_SEEKING_EPS)

@@ -537,6 +537,30 @@ def test_each_twin_term_trains_only_its_player(datamodule, weight, log, trained,
         assert not _changed(with_term, without, player), player
 
 
+def test_the_mode_seeking_term_trains_only_the_generator(datamodule):
+    import dataclasses
+
+    model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
+    images, tokens = _two_object_batch(datamodule, model)
+    text = model.objective.discriminator_loss(images, tokens, penalty=False).text
+    grads, config = [], model.objective.config
+    for weight in (1.0, 0.0):
+        model.objective.config = dataclasses.replace(config, mode_seeking_weight=weight)
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same noise for the images both losses share
+        loss = model.objective.generator_loss(images, text)
+        loss.loss.backward()
+        grads.append({n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()})
+        if weight:
+            assert loss.logs["train/g_mode_seeking"] > 0
+    with_term, without = grads
+    assert _changed(with_term, without, "generator.")
+    for player in ("text_encoder.", "captioner.", "discriminator.", "ema."):
+        assert not _changed(with_term, without, player), player
+    with pytest.raises(ValueError, match="mode_seeking_weight must not be negative"):
+        M2GAN(mode_seeking_weight=-1.0)
+
+
 def test_the_text_order_loss_reads_paraphrases_and_trains_the_text_encoder(datamodule):
     model = M2GAN(
         vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, text_order_weight=1.0, **TINY_MODEL

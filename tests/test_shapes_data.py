@@ -150,6 +150,30 @@ def test_held_out_combinations_never_appear_in_training_but_do_in_evaluation():
         ShapesDataset("val", 10, held_out=["pink triangle"])
 
 
+@pytest.mark.parametrize("objects", [1, 2])
+def test_renditions_keep_what_the_caption_says_and_draw_the_rest_anew(monkeypatch, objects):
+    from m2gan.data import shapes
+
+    data = ShapesDataset("val", 50, 32, seed=0, two_object_prob=float(objects == 2))
+    drawn = []
+    real_render = shapes.render
+    monkeypatch.setattr(shapes, "render", lambda scene, *args: drawn.append(scene) or real_render(scene, *args))
+    images = data.renditions(3, 6, seed=0)
+    scene = data.scene(3)
+    assert images.shape == (6, 3, 32, 32) and len(drawn) == 6
+    assert torch.equal(images, data.renditions(3, 6, seed=0))  # a function of its arguments
+    for other in drawn:
+        assert [(o.shape, o.colour, o.size) for o in other.objects] == [(o.shape, o.colour, o.size) for o in scene.objects]
+        if objects == 1:
+            assert other.objects[0].cell == scene.objects[0].cell
+        else:
+            assert shapes.relation(*other.objects) == shapes.relation(*scene.objects)
+    assert len({other.background for other in drawn}) == 6  # each drawn anew
+    assert (images[1:] - images[:-1]).abs().amax(dim=(1, 2, 3)).min() > 0.05
+    if objects == 2:
+        assert len({tuple(o.cell for o in other.objects) for other in drawn}) > 1  # placements vary too
+
+
 def test_training_batches_carry_another_caption_of_each_image():
     data = CaptionDataModule(batch_size=8, train_size=64, val_size=16, test_size=16, tokenizer_fit_size=300)
     data.setup("fit")

@@ -30,7 +30,7 @@ def test_one_step_axis_and_a_resumed_run_continues_it(tmp_path, judge):
     assert steps_of(rows, "val/bleu4") == [2]  # Lightning's validation, on the same axis
     assert steps_of(rows, "samples.") == [3] and steps_of(rows, "sample_table.") == [3]  # the grid at the end
     assert steps_of(rows, "captions.") == [2]  # the caption table of the validation at batch 2
-    for name in ("val/r_precision", "val/r_precision_real", "val/diversity", "val/diversity_real"):
+    for name in ("val/r_precision", "val/r_precision_real", "val/diversity", "val/diversity_same_caption_real"):
         assert steps_of(rows, name) == [2], name
     axes = [
         r["metric"] for r in inspect_run(part1) if r.get("type") == "metric" and r["metric"].get("glob_name") == "*"

@@ -12,7 +12,7 @@ they are what judges a generator trained on it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -369,6 +369,37 @@ class ShapesDataset(Dataset):
     def image(self, index: int) -> torch.Tensor:
         """The image of sample ``index``, (3, H, W) float in [-1, 1]."""
         return self._image(self.scene(index), index)
+
+    def renditions(self, index: int, count: int, seed: int = 0) -> torch.Tensor:
+        """``count`` other real images that sample ``index``'s caption describes equally well, (count, 3, H, W)
+        in [-1, 1]: the spread a generator drawing that caption many times should reach.
+
+        What a caption fixes stays (each object's shape, colour and size; one object's grid cell, or
+        two objects' relation); the rest is drawn anew from ``seed``: the background, the jitter of
+        position and colour, the grain, and for two objects any pair of cells in the same relation.
+        """
+        scene = self.scene(index)
+        rng = np.random.default_rng([self.seed, SPLITS.index(self.split), self._check(index), 3, seed])
+        images = []
+        for _ in range(count):
+            # A scene of as many objects, for its background and jitter.
+            two = float(len(scene.objects) == 2)
+            other = sample_scene(int(rng.integers(2**31)), self.split, index, two, background=self.background)
+            objects = scene.objects
+            if len(objects) == 2:
+                wanted = relation(*objects)
+                while True:
+                    first, second = (int(c) for c in rng.choice(9, size=2, replace=False))
+                    placed = tuple(
+                        replace(obj, row=cell // 3, col=cell % 3)
+                        for obj, cell in zip(objects, (first, second))
+                    )
+                    if relation(*placed) == wanted:
+                        objects = placed
+                        break
+            drawn = Scene(objects, other.background, other.jitter)
+            images.append(torch.from_numpy(render(drawn, self.resolution, rng)) * 2 - 1)
+        return torch.stack(images)
 
     def _caption(self, scene: Scene, index: int, reference: int = 0) -> str:
         # Reference 0 is the training caption; each further reference draws from its own stream.

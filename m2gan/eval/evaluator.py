@@ -278,6 +278,15 @@ def r_precision(image_embeddings: torch.Tensor, caption_embeddings: torch.Tensor
     return (scores.argmax(dim=1) == 0).float().mean().item()
 
 
+def nearest_captions(caption_embeddings: torch.Tensor, count: int, k: int) -> torch.Tensor:
+    """For each of the first ``count`` captions, the indices of the ``k`` captions nearest to it in the
+    evaluator's text space (itself and identical captions first), (count, k): groups of real images
+    whose captions say the same, where the data cannot draw one caption again."""
+    similarity = caption_embeddings[:count] @ caption_embeddings.T  # (count, N)
+    similarity[torch.arange(count), torch.arange(count)] = float("inf")  # itself first, even among equals
+    return similarity.topk(k, dim=1).indices
+
+
 def diversity(embeddings: torch.Tensor) -> float:
     """Mean pairwise cosine distance within each group of unit embeddings (G, K, dim), averaged over groups."""
     groups, k, _ = embeddings.shape
