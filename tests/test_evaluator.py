@@ -134,7 +134,9 @@ class _Pipeline:
         return to_uint8(torch.stack(images))
 
 
-def test_the_callback_logs_chance_for_a_prompt_blind_generator_and_the_ceiling_for_a_perfect_one(trained, tmp_path):
+def test_the_callback_logs_chance_for_a_prompt_blind_generator_and_the_ceiling_for_a_perfect_one(
+    trained, tmp_path, monkeypatch
+):
     model, tokenizer, _, _ = trained
     datamodule = CaptionDataModule(batch_size=8, train_size=64, val_size=400, tokenizer_fit_size=300)
     datamodule.setup("fit")
@@ -149,7 +151,11 @@ def test_the_callback_logs_chance_for_a_prompt_blind_generator_and_the_ceiling_f
         strategy=SimpleNamespace(broadcast=lambda values, src: values, barrier=lambda name: None), limit_val_batches=1,
     )  # fmt: skip
     results = {}
-    for name, pipeline in {"perfect": _Pipeline(lookup), "blind": _Pipeline(lookup, ignore_prompt=True)}.items():
+    pipelines = {"perfect": _Pipeline(lookup), "blind": _Pipeline(lookup, ignore_prompt=True), "no renditions": None}
+    for name, pipeline in pipelines.items():
+        if pipeline is None:  # data that cannot draw a caption again: its nearest captions' images
+            monkeypatch.delattr(ShapesDataset, "renditions")
+            pipeline = pipelines["perfect"]
         logged = {}
         module = SimpleNamespace(
             ema=pipeline, tokenizer=datamodule.tokenizer, device=torch.device("cpu"),
@@ -169,6 +175,8 @@ def test_the_callback_logs_chance_for_a_prompt_blind_generator_and_the_ceiling_f
     # One caption's real images spread, less than images of different captions do.
     same, across = perfect["val/diversity_same_caption_real"], perfect["val/diversity_across_captions_real"]
     assert 0.02 < same < across
+    nearest = results["no renditions"]["val/diversity_same_caption_real"]
+    assert 0.02 < nearest < across and nearest != same  # the images of the nearest captions instead
     # Binding: the candidates begin with twins; a perfect generator reaches the ceiling, a blind one chance.
     assert perfect["val/r_precision_binding"] == perfect["val/r_precision_binding_real"]
     assert blind["val/r_precision_binding"] < 0.06  # chance 1 in 100 over about 70 captions with twins
