@@ -39,7 +39,7 @@ from timing import BatchTimer, interleaved_medians  # benchmarks/timing.py
 from callbacks import FID
 from m2gan.data import CaptionDataModule
 from m2gan.eval import fid
-from m2gan.eval.shapes_judge import JudgeRecipe, judge_file
+from m2gan.eval.shapes_judge import SMOKE_RECIPE, JudgeRecipe, judge_file
 from m2gan.images import to_uint8
 from m2gan.model import M2GAN
 
@@ -144,7 +144,7 @@ def main() -> None:
         # The judge and the real features live in the usual cache (~/.cache/m2gan), as in training.
         fid_args = config["fid"]
         if args.quick:  # fewer images and a rougher judge (the default one trains for about a minute)
-            judge = judge_file(JudgeRecipe(resolution=config["data"]["resolution"], pool_size=1000, steps=60))
+            judge = judge_file(JudgeRecipe(resolution=config["data"]["resolution"], **SMOKE_RECIPE))
             fid_args = dict(fid_args, num_samples=200, feature_extractor_weights_path=str(judge))
         rows.append(compare(model, datamodule, FID(**fid_args), repeats, cache))
         if args.inception:

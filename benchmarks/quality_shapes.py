@@ -67,6 +67,7 @@ from m2gan.eval.bleu import corpus_bleu
 from m2gan.eval.shapes_judge import (
     ATTRIBUTES,
     PAIR_ATTRIBUTES,
+    SMOKE_RECIPE,
     JudgeRecipe,
     accuracy,
     labelled_images,
@@ -236,7 +237,7 @@ def main() -> None:
     # The judge learns the attributes at the model's resolution, from its own slice of the data.
     start = time.perf_counter()
     background = {"background": args.background}
-    quick = {"pool_size": 1000, "steps": 60} if args.quick else {}
+    quick = SMOKE_RECIPE if args.quick else {}
     judge = train_judge(JudgeRecipe(resolution=resolution, **background, **quick))
     val_images, val_labels = labelled_images(
         ShapesDataset("val", 1000, resolution, seed=99, two_object_prob=0.0, **background), 1000

@@ -186,9 +186,8 @@ class TextImageConsistency(pl.Callback):
         texts, rows, binding_sets = binding_candidate_sets(captions, twins, self.candidates, self.seed)
         self._real = {"images": torch.stack(images), "captions": captions, "sets": sets, "texts": texts,
                       "binding_rows": rows, "binding_sets": binding_sets}  # fmt: skip
-        if hasattr(dataset, "renditions"):  # real images of each diversity caption, drawn again
-            drawn = [dataset.renditions(i, self.diversity_images, self.seed) for i in indices[: self.diversity_prompts]]
-            self._real["same_caption_images"] = to_uint8(torch.stack(drawn))  # (P, K, 3, H, W)
+        if hasattr(dataset, "renditions"):  # drawn again on rank 0 at the first evaluation
+            self._real["renditions"] = (dataset.renditions, indices[: self.diversity_prompts])
         return True
 
     def _read_validation_set(self, pl_module: pl.LightningModule) -> None:
@@ -204,9 +203,10 @@ class TextImageConsistency(pl.Callback):
         k, prompts = self.diversity_images, min(self.diversity_prompts, len(real["captions"]))
         groups = image_embeddings[: len(image_embeddings) // k * k].view(-1, k, image_embeddings.shape[-1])
         real["diversity_across_captions"] = diversity(groups[: self.diversity_prompts])
-        if "same_caption_images" in real:
-            same = real.pop("same_caption_images")
-            groups = embed_images(self.evaluator, same.flatten(0, 1), self.batch_size).view(len(same), k, -1)
+        if "renditions" in real:  # real images of each diversity caption, drawn again
+            renditions, indices = real.pop("renditions")
+            same = to_uint8(torch.cat([renditions(i, k, self.seed) for i in indices]))  # (P * K, 3, H, W)
+            groups = embed_images(self.evaluator, same, self.batch_size).view(len(indices), k, -1)
         else:
             groups = image_embeddings[nearest_captions(real["text"][: len(real["captions"])], prompts, k)]
         real["diversity_same_caption"] = diversity(groups)

@@ -14,7 +14,8 @@ One batch gives two losses:
   gradient penalty;
 * :meth:`GANObjective.generator_loss`, minimised by the generator and the captioner: adversarial,
   contrastive (sentence and, if on, word-region) and cycle losses of the generated images and, if
-  on, the frozen captioner's preference for each prompt over its binding twins; the captioner's
+  on, the frozen captioner's preference for each prompt over its binding twins and the
+  mode-seeking term (half the captions drawn again with other noise); the captioner's
   cross-entropy on real pairs and, if on, its own preference over the twins and its adversarial
   caption loss.
 
@@ -25,7 +26,8 @@ vectors detached (:class:`TextBatch`). For the cycle and preference losses the c
 or generator and captioner would agree on a private code instead of drawing the text.
 
 Random draws, in this order: the captioner's sampled captions (adversarial caption loss only), the
-swapped words, the discriminator step's noise, then the generator step's noise.
+swapped words, the discriminator step's noise, then the generator step's noise (and, with the
+mode-seeking term, its second noise).
 """
 
 from __future__ import annotations

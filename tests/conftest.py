@@ -53,9 +53,9 @@ def m2gan_cache(tmp_path_factory):
 def judge(m2gan_cache) -> str:
     """A shapes judge at test size (32 px), trained once per test run, for the tiny runs' FID and
     attribute accuracy (``tests.helpers.with_callbacks``): the default recipe's judge takes a minute."""
-    from m2gan.eval.shapes_judge import JudgeRecipe, judge_file
+    from m2gan.eval.shapes_judge import SMOKE_RECIPE, JudgeRecipe, judge_file
 
-    return str(judge_file(JudgeRecipe(pool_size=1000, steps=60), m2gan_cache))
+    return str(judge_file(JudgeRecipe(**SMOKE_RECIPE), m2gan_cache))
 
 
 @pytest.fixture(autouse=True)

@@ -379,24 +379,19 @@ class ShapesDataset(Dataset):
         position and colour, the grain, and for two objects any pair of cells in the same relation.
         """
         scene = self.scene(index)
-        rng = np.random.default_rng([self.seed, SPLITS.index(self.split), self._check(index), 3, seed])
+        rng = np.random.default_rng([self.seed, SPLITS.index(self.split), index, 3, seed])
+        two = len(scene.objects) == 2
         images = []
         for _ in range(count):
             # A scene of as many objects, for its background and jitter.
-            two = float(len(scene.objects) == 2)
-            other = sample_scene(int(rng.integers(2**31)), self.split, index, two, background=self.background)
+            other = sample_scene(int(rng.integers(2**31)), self.split, index, float(two), background=self.background)
             objects = scene.objects
-            if len(objects) == 2:
-                wanted = relation(*objects)
-                while True:
-                    first, second = (int(c) for c in rng.choice(9, size=2, replace=False))
-                    placed = tuple(
-                        replace(obj, row=cell // 3, col=cell % 3)
-                        for obj, cell in zip(objects, (first, second))
-                    )
-                    if relation(*placed) == wanted:
-                        objects = placed
-                        break
+            while two:  # any two cells in the caption's relation
+                cells = rng.choice(9, size=2, replace=False)
+                placed = tuple(replace(o, row=int(c) // 3, col=int(c) % 3) for o, c in zip(scene.objects, cells))
+                if relation(*placed) == relation(*scene.objects):
+                    objects = placed
+                    break
             drawn = Scene(objects, other.background, other.jitter)
             images.append(torch.from_numpy(render(drawn, self.resolution, rng)) * 2 - 1)
         return torch.stack(images)

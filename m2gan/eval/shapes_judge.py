@@ -135,6 +135,10 @@ class JudgeRecipe:
     """The backgrounds it learns on: those of the data it will judge."""
 
 
+SMOKE_RECIPE = {"pool_size": 1000, "steps": 60}
+"""A rougher judge, trained in seconds, for smoke runs and tests (``JudgeRecipe(**SMOKE_RECIPE)``)."""
+
+
 def train_judge(recipe: JudgeRecipe = JudgeRecipe()) -> AttributeClassifier:
     """Train an attribute classifier on ``recipe.pool_size`` real single-object images (CPU, about a minute at 32 px).
 
