@@ -118,6 +118,9 @@ class M2GAN(pl.LightningModule):
             paraphrase) and apart from its binding twins (the same words bound otherwise) and the
             batch's other captions. The critic alone has little use for word order on data whose
             captions are mostly single objects; this gives the conditioning a reason to carry it; 0 = off.
+        twin_negative_weight: Weight of (real image, each binding twin of its caption) among the
+            discriminator's fakes: every two-object caption's twins (``m2gan.negatives.binding_twins``,
+            every kind), not a share of the one swap per caption; 0 = off.
         caption_twin_weight: Weight of the captioner's binding term on real pairs: its
             log-likelihood of a caption must beat that of each binding twin by ``twin_margin`` nats
             (a hinge: met pairs give no gradient, so captioning is not pushed around); 0 = off.
@@ -196,6 +199,7 @@ class M2GAN(pl.LightningModule):
         contrastive_temperature: float = 0.1,
         word_region_weight: float = 0.0,
         text_order_weight: float = 0.0,
+        twin_negative_weight: float = 0.0,
         caption_twin_weight: float = 0.0,
         caption_preference_weight: float = 0.0,
         twin_margin: float = 1.0,
@@ -251,7 +255,8 @@ class M2GAN(pl.LightningModule):
                 raise ValueError(
                     f"model.{name} > 0 needs model.caption_weight > 0: an untrained captioner cannot judge"
                 )
-        for name, value in (("twin_margin", twin_margin), ("mode_seeking_weight", mode_seeking_weight)):
+        for name, value in (("twin_margin", twin_margin), ("mode_seeking_weight", mode_seeking_weight),
+                            ("twin_negative_weight", twin_negative_weight)):  # fmt: skip
             if value < 0:
                 raise ValueError(f"model.{name} must not be negative, got {value}")
         if text_encoder_trainable and text_encoder is None:

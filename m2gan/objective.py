@@ -8,7 +8,8 @@ One batch gives two losses:
 * :meth:`GANObjective.discriminator_loss`, minimised by the discriminator and the text encoder:
   the matching-aware adversarial loss with its negatives — (generated image, caption), (real image,
   another sample's caption), (real image, its caption with one word swapped or, if on, two of its
-  words exchanged), (real image, a caption the captioner sampled) — plus the image–text
+  words exchanged), (real image, a caption the captioner sampled), if on (real image, each of its
+  caption's binding twins) — plus the image–text
   contrastive loss, the word-region matching loss if on, the text-order loss if on (captions near
   their paraphrases, away from their binding twins: text only), and, on penalty batches, the lazy
   gradient penalty;
@@ -71,6 +72,7 @@ class ObjectiveConfig(SettingsGroup):
     caption_temperature: float
     word_region_weight: float
     text_order_weight: float
+    twin_negative_weight: float
     caption_twin_weight: float
     caption_preference_weight: float
     twin_margin: float
@@ -79,7 +81,9 @@ class ObjectiveConfig(SettingsGroup):
     @property
     def uses_twins(self) -> bool:
         """Whether a loss of the batch reads its captions' binding twins."""
-        return self.text_order_weight > 0 or self.caption_twin_weight > 0 or self.caption_preference_weight > 0
+        weights = (self.text_order_weight, self.twin_negative_weight, self.caption_twin_weight,
+                   self.caption_preference_weight)  # fmt: skip
+        return any(weight > 0 for weight in weights)
 
     @property
     def has_gradient_penalty(self) -> bool:
@@ -212,7 +216,10 @@ class GANObjective:
         if sampled_tokens is not None:
             texts["sampled"] = sampled_tokens
         if use_order:
-            texts["paraphrase"], texts["twins"] = paraphrase, twins.tokens
+            texts["paraphrase"] = paraphrase
+        use_twin_negatives = twins is not None and cfg.twin_negative_weight > 0 and len(twins.rows) > 0
+        if use_order or use_twin_negatives:
+            texts["twins"] = twins.tokens
         all_words, all_sentences = self.text_encoder(torch.cat(list(texts.values())))  # (N, L, W), (N, S)
         sentences = dict(zip(texts, all_sentences.split([len(t) for t in texts.values()])))
         sentence, words, padding = sentences["caption"], all_words[:batch_size], tokens == PAD_ID
@@ -236,6 +243,10 @@ class GANObjective:
         if sampled_tokens is not None:
             sampled_logits = d.score(real, d.embed_text(sentences["sampled"]))
             negatives.append((sampled_logits, cfg.caption_adversarial_weight))
+        if use_twin_negatives:  # (real image, its caption bound otherwise), every twin of every caption
+            twin_real = tuple(part[twins.rows] for part in real)
+            twin_logits = d.score(twin_real, d.embed_text(sentences["twins"]))  # (T,)
+            negatives.append((twin_logits, cfg.twin_negative_weight))
         loss = losses.d_adversarial(real_logits, negatives, cfg.adversarial_loss)
         logs = {"train/d_adv": loss.detach()}
         if cfg.contrastive_weight_d > 0:
@@ -270,6 +281,8 @@ class GANObjective:
             logs["train/match_acc"] = (real_logits > mismatched_logits).float().mean()
             if use_swaps:
                 logs["train/swap_acc"] = (real_logits > swapped_logits).float().mean()
+            if use_twin_negatives:
+                logs["train/twin_acc"] = (real_logits[twins.rows] > twin_logits).float().mean()
         swapped_sentence = sentences["swapped"].detach() if use_swaps else None
         text = TextBatch(tokens, sentence.detach(), words.detach(), padding, swapped_sentence, sampled_tokens, twins)
         return Loss(loss, logs, text)

@@ -574,3 +574,36 @@ def test_the_text_order_loss_reads_paraphrases_and_trains_the_text_encoder(datam
 def test_binding_settings_that_cannot_work_are_refused(datamodule, setting, needs):
     with pytest.raises(ValueError, match=needs):
         M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, cycle_weight=0.0, **setting)
+
+
+def test_twin_negatives_score_each_real_image_against_every_twin_of_its_caption(datamodule):
+    """The discriminator's loss gains one fake term over (real image, twin) for every twin, at its
+    own weight; the term reads the text encoder and the critic, not the generator."""
+    model = M2GAN(
+        vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, twin_negative_weight=1.0, **TINY_MODEL
+    )
+    images, tokens = _two_object_batch(datamodule, model)
+    torch.manual_seed(0)
+    loss = model.objective.discriminator_loss(images, tokens, penalty=False)
+    assert 0.0 <= loss.logs["train/twin_acc"] <= 1.0
+    # The same batch without the term, with the same draws: the loss differs only by the twin term.
+    import dataclasses
+
+    config = model.objective.config
+    model.objective.config = dataclasses.replace(config, twin_negative_weight=0.0)
+    torch.manual_seed(0)
+    without = model.objective.discriminator_loss(images, tokens, penalty=False)
+    assert "train/twin_acc" not in without.logs
+    d, twins = model.discriminator, Twins.of(tokens, model.objective.word_pairs)
+    with torch.no_grad():
+        real = d.features(images)
+        _, sentences = model.text_encoder(torch.cat([tokens, twins.tokens]))
+        own = d.score(real, d.embed_text(sentences[: len(tokens)]))
+        twin = d.score(tuple(r[twins.rows] for r in real), d.embed_text(sentences[len(tokens):]))
+    assert loss.logs["train/twin_acc"] == pytest.approx((own[twins.rows] > twin).float().mean().item())
+    # Fake side: the weighted mean of the negatives (fake 1, mismatch 0.5, swap 0.5, twins 1).
+    others = 2.0 * (without.logs["train/d_adv"] - torch.relu(1 - own).mean())
+    expected = torch.relu(1 - own).mean() + (others + torch.relu(1 + twin).mean()) / 3.0
+    assert loss.logs["train/d_adv"] == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="twin_negative_weight must not be negative"):
+        M2GAN(twin_negative_weight=-1.0)
