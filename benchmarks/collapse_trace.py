@@ -36,6 +36,7 @@ from quality_shapes import write_coco
 
 from callbacks.collapse import CollapseAlarm
 from m2gan.cli import main as cli_main
+from train import NAMED_CALLBACKS
 
 ROOT = Path(__file__).resolve().parent.parent
 SATURATED = 2.65  # |x| beyond which tanh'(x) = 1 - tanh(x)^2 < 0.02
@@ -134,6 +135,7 @@ def main() -> None:
                     ]
                     # A smoke run skips validation, and with it the R-precision evaluator's training.
                     + (["--data.batch_size=4", "--trainer.limit_val_batches=0"] if args.quick else []),
+                    named_callbacks=NAMED_CALLBACKS,
                 )
                 rows = read_metrics(workdir)
                 minutes = (time.perf_counter() - start) / 60

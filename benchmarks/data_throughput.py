@@ -39,6 +39,7 @@ from timing import BatchTimer  # benchmarks/timing.py
 
 from m2gan.data import CaptionDataModule
 from m2gan.model import M2GAN
+from m2gan.settings import overridden
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMATS = ("folder", "coco", "cub", "webdataset")
@@ -143,7 +144,7 @@ def loader_rate(data: CaptionDataModule, repeats: int) -> float:
 def training_rate(data: CaptionDataModule, resolution: int, batches: int) -> float:
     """Images/s a training batch of the real-data configs' model consumes (data already in memory)."""
     config = yaml.safe_load((ROOT / "configs" / "sizes" / "gpu-64px.yaml").read_text())["model"]
-    model = M2GAN(vocab_size=data.vocab_size, max_length=data.max_length, resolution=resolution, **config)
+    model = M2GAN(**overridden(config, vocab_size=data.vocab_size, max_length=data.max_length, resolution=resolution))
     model.set_tokenizer(data.tokenizer)
     batch = next(iter(data.train_dataloader()))
     timer = BatchTimer()

@@ -38,8 +38,8 @@ DDP = ["--trainer.strategy=ddp_find_unused_parameters_true", "--trainer.devices=
 RUN = """
 import sys
 sys.path.insert(0, {benchmarks!r})
-from m2gan.cli import main
-main({config!r}, sys.argv[1:])
+from train import run
+run()
 """
 
 
@@ -64,7 +64,7 @@ def run(name: str, extra: list[str], env: dict, batches: int, workdir: str) -> d
     out = os.path.join(workdir, f"{name}.json")
     # A script file, not ``python -c``: Lightning's DDP launcher starts the other ranks by re-running argv.
     script = Path(workdir) / "run_train.py"
-    script.write_text(RUN.format(benchmarks=str(ROOT / "benchmarks"), config=str(ROOT / "configs" / "default.yaml")))
+    script.write_text(RUN.format(benchmarks=str(ROOT / "benchmarks")))
     command = [
         sys.executable, str(script),
         "fit", f"--trainer.max_steps={2 * batches}", "--trainer.limit_val_batches=0", "--data.batch_size=32",

@@ -114,7 +114,7 @@ def main() -> None:
             variant(batch)
     for variant in variants:
         variant.times.clear()
-    interval = variants[0].step.model.hparams.gp_interval
+    interval = variants[0].step.model.settings.objective.gp_interval
     for k, batch in enumerate(batches[args.warmup :]):  # in turn, so a slow moment hits every variant
         for variant in variants:
             variant(batch, penalty=k % interval == 0)  # the lazy cycle, with a penalty batch first

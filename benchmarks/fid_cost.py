@@ -42,6 +42,7 @@ from m2gan.eval import fid
 from m2gan.eval.shapes_judge import SMOKE_RECIPE, JudgeRecipe, judge_file
 from m2gan.images import to_uint8
 from m2gan.model import M2GAN
+from m2gan.settings import overridden
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,9 +127,9 @@ def main() -> None:
     config = default_config()
     datamodule = CaptionDataModule(**config["data"])
     model = M2GAN(
-        vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, resolution=config["data"]["resolution"],
-        **config["model"],
-    )  # fmt: skip
+        **overridden(config["model"], vocab_size=datamodule.vocab_size, max_length=datamodule.max_length,
+                     resolution=config["data"]["resolution"])  # fmt: skip
+    )
     model.set_tokenizer(datamodule.tokenizer)
 
     timer = BatchTimer()

@@ -23,6 +23,7 @@ import torch
 
 from m2gan.data.shapes import ShapesDataset
 from m2gan.model import M2GAN
+from m2gan.settings import overridden
 
 
 def parse_args() -> argparse.Namespace:
@@ -113,7 +114,7 @@ def main() -> None:
         data = CaptionDataModule(batch_size=8, train_size=64, val_size=16, tokenizer_fit_size=300)
         tiny = {"noise_dim": 8, "text_width": 16, "sentence_dim": 16, "g_channels": 8, "d_channels": 8,
                 "max_channels": 16}  # fmt: skip
-        model = M2GAN(vocab_size=data.vocab_size, max_length=data.max_length, **tiny)
+        model = M2GAN(**overridden({}, vocab_size=data.vocab_size, max_length=data.max_length, **tiny))
         model.set_tokenizer(data.tokenizer)
         models.append(("untrained tiny model", model))
     print(f"noise_probe: {count} validation captions, {torch.get_num_threads()} cores")

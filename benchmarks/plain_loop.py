@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from m2gan.data import CaptionDataModule
 from m2gan.model import M2GAN
+from m2gan.settings import overridden
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
@@ -34,16 +35,14 @@ def default_parts(
     """
     sections = yaml.safe_load(config.read_text())
     data_args = {**sections.get("data", {}), **(data or {})}
-    model_args = {**sections.get("model", {}), **(model or {})}
+    model_args = overridden(sections.get("model", {}), **(model or {}))
     datamodule = CaptionDataModule(**data_args)
 
     def make_model(seed: int, **overrides) -> M2GAN:
         torch.manual_seed(seed)
         built = M2GAN(
-            **{**model_args, **overrides},
-            resolution=datamodule.hparams.resolution,
-            vocab_size=datamodule.vocab_size,
-            max_length=datamodule.max_length,
+            **overridden(model_args, **overrides, resolution=datamodule.hparams.resolution,
+                         vocab_size=datamodule.vocab_size, max_length=datamodule.max_length)  # fmt: skip
         )
         built.set_tokenizer(datamodule.tokenizer)
         return built
@@ -66,7 +65,7 @@ def lazy_cycle_mean(model: M2GAN, penalty: float, plain: float) -> float:
 
     ``penalty`` and ``plain`` are one batch's cost (seconds, FLOPs) with and without the penalty.
     """
-    interval = model.hparams.gp_interval
+    interval = model.settings.objective.gp_interval
     return (penalty + (interval - 1) * plain) / interval
 
 
@@ -103,8 +102,8 @@ class PlainStep:
     """
 
     def __init__(self, model: M2GAN, phase_times: dict[str, list[float]] | None = None) -> None:
-        hp = model.hparams
-        unsupported = {"grad_clip": hp.grad_clip is not None, "n_critic": hp.n_critic != 1}
+        training = model.settings.training
+        unsupported = {"grad_clip": training.grad_clip is not None, "n_critic": training.n_critic != 1}
         if any(unsupported.values()):
             names = [name for name, used in unsupported.items() if used]
             raise NotImplementedError(f"the plain loop does not implement {names}; benchmark another config")

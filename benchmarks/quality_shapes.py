@@ -77,6 +77,7 @@ from m2gan.eval.shapes_judge import (
 from m2gan.grid import prompt_grid
 from m2gan.negatives import TWIN_KINDS, binding_twins
 from m2gan.tokenizer import SPECIAL_TOKENS
+from train import NAMED_CALLBACKS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -187,6 +188,7 @@ def train(args: argparse.Namespace, workdir: str, overrides: list[str], coco_roo
             *args.overrides,
             *overrides,
         ],
+        named_callbacks=NAMED_CALLBACKS,
     )
     snapshots = next(c for c in cli.trainer.callbacks if type(c).__name__ == "Snapshots").taken
     return cli.model.cpu().eval(), snapshots

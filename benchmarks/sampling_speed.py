@@ -65,12 +65,11 @@ def parse_args() -> argparse.Namespace:
 
 def untrained_checkpoint(folder: str, config: str | None) -> str:
     """A checkpoint of a config's model after one batch (untrained weights time the same as trained ones)."""
-    from m2gan.cli import main as cli_main
+    from train import cli
 
     os.environ.setdefault("WANDB_MODE", "offline")
     # The real-data configs fit their vocabulary on all training captions: for shapes, the default's 2,000.
-    cli_main(
-        str(ROOT / "configs" / "default.yaml"),
+    cli(
         ["fit", *([f"--config={config}"] if config else []), "--data.format=shapes",
          "--data.tokenizer_fit_size=2000", "--trainer.max_steps=2", f"--trainer.logger.init_args.save_dir={folder}",
          "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0"],

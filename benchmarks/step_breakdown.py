@@ -31,7 +31,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from m2gan.cli import main as cli_main
+from train import cli as train_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,8 +135,7 @@ def main() -> None:
         overrides.append(f"--trainer.max_steps={2 * args.batches}")  # two optimizer steps per batch
     os.environ.setdefault("WANDB_MODE", "offline")
     with tempfile.TemporaryDirectory() as tmp:
-        cli = cli_main(
-            str(ROOT / "configs" / "default.yaml"),
+        cli = train_cli(
             ["fit", f"--trainer.logger.init_args.save_dir={tmp}", "--trainer.callbacks+=step_breakdown.PhaseClock",
              *overrides],
         )  # fmt: skip

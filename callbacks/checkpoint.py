@@ -19,9 +19,7 @@ class FinalCheckpoint(ModelCheckpoint):
     remaining batches (and, in a one-epoch job, train nothing). Takes every ``ModelCheckpoint`` argument.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._final_step: int | None = None  # global step of the last.ckpt written as training stopped
+    _final_step: int | None = None  # global step of the last.ckpt written as training stopped
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)

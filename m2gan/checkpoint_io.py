@@ -7,12 +7,11 @@ training batches, the random states of the next one (:data:`RNG_KEY`).
 
 from __future__ import annotations
 
-import inspect
 import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from lightning_fabric.utilities.types import _PATH
@@ -20,6 +19,11 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from m2gan.atomic import atomic_path
 from m2gan.pretrained import PretrainedTextError
+from m2gan.settings import ModelSettings, SettingsError
+from m2gan.tokenizer import CaptionTokenizer
+
+if TYPE_CHECKING:
+    from m2gan.pipeline import SamplingPipeline
 
 TOKENIZER_KEY = "m2gan_tokenizer"
 RNG_KEY = "m2gan_rng_states"
@@ -28,12 +32,22 @@ T = TypeVar("T")
 RENAMED_MODULES = {"generator_ema.": "ema.generator.", "text_encoder_ema.": "ema.text_encoder.",
                    "captioner_ema.": "ema.captioner."}  # fmt: skip
 """Weight-name prefixes of checkpoints written before the EMA networks became one ``SamplingPipeline``."""
-EARLIER_DEFAULTS = {"generator_output": "tanh", "text_position_std": 0.02, "text_architecture": "transformer"}
-"""Model settings whose default changed, with the value checkpoints that do not save them were trained with."""
 
 
 class CheckpointError(ValueError):
     """A checkpoint or export that cannot be loaded; the message names the file and the reason."""
+
+
+class TextSourceError(CheckpointError):
+    """A checkpoint or export whose pretrained text model is not at the folder it names (or was given)."""
+
+    def with_hint(self, option: str) -> str:
+        """The message, with how to give the original folder through ``option``."""
+        return f"{self}: give the original folder with {option}"
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint that does not belong to this model or data configuration."""
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -79,22 +93,75 @@ def upgrade_state_dict(state: dict[str, torch.Tensor]) -> None:
         state[RENAMED_MODULES[prefix] + name[len(prefix) :]] = state.pop(name)
 
 
-def model_settings(source: str | os.PathLike, hparams: dict, model_class: type) -> dict[str, Any]:
-    """A checkpoint's saved model settings over ``model_class``'s defaults (settings an older version did not save).
+def saved_settings(source: str | os.PathLike, saved: dict) -> ModelSettings:
+    """The model settings a checkpoint or export saved, by any M2GAN version (:meth:`ModelSettings.from_saved`).
 
     Raises:
-        CheckpointError: a setting ``model_class`` does not know (written by a newer or different M2GAN).
+        CheckpointError: a setting this version does not know (written by a newer or different M2GAN).
     """
-    signature = inspect.signature(model_class.__init__).parameters
-    hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
-    unknown = sorted(set(hparams) - set(signature) - {"self"})
-    if unknown:
+    try:
+        return ModelSettings.from_saved(saved)
+    except SettingsError as error:
         raise CheckpointError(
-            f"{source}: written by a newer or different M2GAN: unknown model settings {unknown}; "
-            "load it with the M2GAN version that wrote it"
+            f"{source}: written by a newer or different M2GAN: {error}; load it with the M2GAN version that wrote it"
+        ) from None
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{source}: its model settings are not valid here: {error}") from None
+
+
+def checkpoint_tokenizer(
+    checkpoint: dict, pipeline: SamplingPipeline, expected: CaptionTokenizer | None
+) -> CaptionTokenizer:
+    """The checkpoint's tokenizer, if it equals ``expected`` (when given) and fits ``pipeline``'s networks."""
+    if TOKENIZER_KEY not in checkpoint:
+        raise CheckpointMismatch("checkpoint holds no tokenizer: it was not written by M2GAN")
+    try:
+        saved = CaptionTokenizer.from_json(checkpoint[TOKENIZER_KEY])
+    except ValueError as error:
+        raise CheckpointMismatch(f"the checkpoint's tokenizer is unreadable: {error}") from None
+    if expected is not None and saved != expected:
+        raise CheckpointMismatch(
+            "the checkpoint's tokenizer differs from the data module's: it was trained on other data or "
+            "another data config (max_length, vocabulary); resume it with the config it was trained with"
         )
-    defaults = {name: p.default for name, p in signature.items() if p.default is not inspect.Parameter.empty}
-    return {**defaults, **EARLIER_DEFAULTS, **hparams}
+    try:
+        pipeline.check_tokenizer(saved)
+    except ValueError as error:
+        raise CheckpointMismatch(f"{error}: the checkpoint was trained with another config") from None
+    return saved
+
+
+def check_generator_output(checkpoint: dict, settings: ModelSettings) -> None:
+    """The checkpoint's generator must end as ``settings``' does: the same weights draw other images otherwise."""
+    if "hyper_parameters" not in checkpoint:  # not one of Lightning's: nothing to compare with
+        return
+    saved = saved_settings("checkpoint", checkpoint["hyper_parameters"]).generator.generator_output
+    if saved != settings.generator.generator_output:
+        raise CheckpointMismatch(
+            f"the checkpoint's generator ends in {saved}, this model's in {settings.generator.generator_output}: "
+            f"load it with --model.generator.generator_output {saved}"
+        )
+
+
+def check_resumable(path: str | os.PathLike, model: Any, tokenizer: CaptionTokenizer | None = None) -> None:
+    """Check, without loading it, that the checkpoint at ``path`` can resume or evaluate ``model`` (an ``M2GAN``).
+
+    It must be readable, hold weights of the module's names and shapes, and a tokenizer equal to
+    ``tokenizer`` (the data's, when given).
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        CheckpointError: what does not fit, naming ``path`` and the weights.
+    """
+    checkpoint = read_checkpoint(path)
+    try:  # the tokenizer first: when the data differs, that is the clearer reason
+        checkpoint_tokenizer(checkpoint, model.ema, tokenizer)
+        check_generator_output(checkpoint, model.settings)
+    except CheckpointMismatch as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    model.upgrade_state_dict(checkpoint["state_dict"])
+    check_weights(path, model, checkpoint["state_dict"])
+    check_text_sources(path, model, checkpoint["state_dict"])
 
 
 def valid_settings(source: str | os.PathLike, make: Callable[[], T]) -> T:
@@ -149,7 +216,7 @@ def check_text_sources(source: str | os.PathLike, module: torch.nn.Module, state
             try:
                 submodule.check_source(saved)
             except ValueError as error:
-                raise CheckpointError(f"{source}: {error}") from None
+                raise TextSourceError(f"{source}: {error}") from None
 
 
 def _summary(names: list[str], prefix: str, shown: int = 3) -> str:

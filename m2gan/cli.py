@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -9,7 +10,13 @@ import sys
 import warnings
 
 import torch
+import yaml
 from lightning_fabric.utilities.exceptions import MisconfigurationException
+from lightning_fabric.utilities.rank_zero import rank_zero_only
+from lightning_utilities.core import rank_zero
+from pytorch_lightning.callbacks import ModelSummary
+from pytorch_lightning.callbacks.progress import ProgressBar, RichProgressBar
+from pytorch_lightning.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
@@ -58,6 +65,32 @@ class RunConfigSaver(SaveConfigCallback):
         )
 
 
+class OneLineParser(LightningArgumentParser):
+    """A parser whose errors are one line: the key and the reason, without the usage of every option."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+        if "Errors:" in lines:  # a value that fits none of a Union's types, reported per type: keep the first
+            end = at = lines.index("Errors:") + 1
+            while end < len(lines) - 1 and lines[end].endswith(":"):  # "key:" lines lead to the reason
+                end += 1
+            shown = " ".join([lines[0], *lines[at : end + 1]]).replace("- ", "", 1)
+        else:
+            shown = " ".join(lines[:2])
+        fail(f"{shown} ({self.prog.replace(' [options]', '')} --help lists the options)", 2)
+
+
+class RunProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, which reads "Epoch 4/-2" when the epochs are not capped (``max_epochs: -1``)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if (self.trainer.max_epochs or 0) >= 0:
+            return super()._get_train_description(current_epoch)
+        return f"{f'Epoch {current_epoch}':{len(self.validation_description)}}"
+
+
 FP16_PRECISIONS = {"16", "16-mixed", "16-true"}
 LIGHTNING_CHECKPOINT_NAMES = {"best", "last", "hpc", "registry"}
 STARTED_RUNS: list = []
@@ -94,22 +127,59 @@ def discard_failed_runs() -> None:
                 shutil.rmtree(run_files, ignore_errors=True)
 
 
-# Lightning warns that periodic checkpoints under manual optimization hold the weights *after*
-# the batch's optimizer steps; that is exactly what M2GAN's checkpoints should hold.
-warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+def quiet_known_noise() -> None:
+    """Filter lines printed on every run that are not the user's business (warnings about the user's own setup stay)."""
+    # Lightning warns that periodic checkpoints under manual optimization hold the weights *after*
+    # the batch's optimizer steps; that is exactly what M2GAN's checkpoints should hold.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+    # Lightning's own use of a torch API it has yet to update.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # main() passes its (upgraded) arguments besides sys.argv by design.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+
+
+class _NotOurs(logging.Filter):
+    """Drops Lightning's advertisement for its own cloud logger, printed on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+rank_zero.log.addFilter(_NotOurs())
 
 
 class M2GANCLI(LightningCLI):
-    """LightningCLI that links data facts into the model and keeps logging failures non-fatal."""
+    """LightningCLI that links data facts into the model and keeps logging failures non-fatal.
+
+    Args:
+        named_callbacks: Callbacks every run has, each configured under its own top-level key
+            (``{"collapse": CollapseAlarm}``: ``--collapse.stop true``, or ``collapse:`` in YAML).
+    """
+
+    def __init__(self, *args, named_callbacks: dict[str, type] | None = None, **kwargs) -> None:
+        self.named_callbacks = dict(named_callbacks or {})
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.resolution", "model.resolution")
         parser.link_arguments("data.max_length", "model.max_length")
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
+        for key, callback in self.named_callbacks.items():
+            parser.add_lightning_class_args(callback, key)
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         trainer = config["trainer"]
+        for entry in trainer.get("callbacks") or []:
+            class_path = str(getattr(entry, "class_path", ""))
+            for key, callback in self.named_callbacks.items():
+                if class_path.rsplit(".", 1)[-1] == callback.__name__:
+                    fail(
+                        f"invalid configuration: trainer.callbacks lists {class_path}, which every run has already: "
+                        f"configure it under {key}: instead (e.g. --{key}.<option> VALUE) and remove it from "
+                        "trainer.callbacks",
+                        2,
+                    )
         if trainer.get("precision") is None:
             # bf16 autocast where the GPU supports it (no loss scaler needed); full precision elsewhere.
             use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -146,19 +216,12 @@ class M2GANCLI(LightningCLI):
         # Constructors validate their arguments; a bad value is a config error, not a crash.
         try:
             super().instantiate_classes()
-            # Checked here, before Lightning launches the processes that would each fail on it.
-            self.datamodule.batch_per_process(self.trainer.num_devices * self.trainer.num_nodes)
         except (ValueError, MisconfigurationException) as error:
             fail(f"invalid configuration: {error}", 2)
 
     def before_fit(self) -> None:
-        self.check_checkpoint()
-        self.check_training_data()
-
-    def before_validate(self) -> None:
-        self.check_checkpoint()
-
-    before_test = before_predict = before_validate
+        if rank_zero_only.rank == 0 and not any(isinstance(c, ModelSummary) for c in self.trainer.callbacks):
+            print(f"model: {self.model.parameter_summary()}", file=sys.stderr)
 
     def after_fit(self) -> None:
         if self.trainer.global_step == 0 and not self.trainer.interrupted:
@@ -169,20 +232,22 @@ class M2GANCLI(LightningCLI):
         path = self.config_init[self.subcommand].get("ckpt_path")
         if path is None or path in LIGHTNING_CHECKPOINT_NAMES:
             return
-        from m2gan.checkpoint_io import CheckpointError
+        from m2gan.checkpoint_io import CheckpointError, TextSourceError
 
         try:
             self.model.check_checkpoint(path, getattr(self.datamodule, "tokenizer", None))
+        except TextSourceError as error:
+            fail(f"--ckpt_path {error.with_hint('--model.text.text_encoder FOLDER')}")
         except (CheckpointError, FileNotFoundError) as error:
             fail(f"--ckpt_path {error}")
 
-    def check_training_data(self) -> None:
+    def check_training_data(self, trainer) -> None:
         """Refuse data that gives no training batch; fit ``val_check_interval`` to a short epoch.
 
         The default config validates every 1,000 batches; Lightning refuses an interval longer than
         the epoch, which a smaller dataset has, and only after minutes of setup.
         """
-        datamodule, trainer = self.datamodule, self.trainer
+        datamodule = self.datamodule
         train = datamodule.datasets["train"]
         if isinstance(train, IterableDataset):  # streamed shards: no length to check
             return
@@ -253,13 +318,32 @@ class M2GANCLI(LightningCLI):
         logger.continue_logged_run(run_id)
         print(f"continuing W&B run {run_id} from batch {batches}", file=sys.stderr)
 
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        listed = config.get("callbacks") or []
+        if config.get("enable_progress_bar") is not False and _RICH_AVAILABLE and not any(
+            isinstance(c, ProgressBar) for c in [*listed, *callbacks]
+        ):
+            callbacks = [*callbacks, RunProgressBar()]  # instead of Lightning's own default
+        return super()._instantiate_trainer(config, callbacks)
+
     def instantiate_trainer(self, **kwargs):
+        if rank_zero_only.rank == 0:  # settings that do nothing under the others: said once, before any work
+            for line in self.model.settings.ignored() + self.datamodule.ignored_settings():
+                print(f"warning: {line}", file=sys.stderr)
         trainer = super().instantiate_trainer(**kwargs)
-        STARTED_RUNS.append(trainer)
+        # Every check that can refuse the run comes before W&B starts and the run folder is made.
+        try:  # checked here, before Lightning launches the processes that would each fail on it
+            self.datamodule.batch_per_process(trainer.num_devices * trainer.num_nodes)
+        except ValueError as error:
+            fail(f"invalid configuration: {error}", 2)
         if self.subcommand == "fit":
             self.resolve_last_checkpoint(trainer)
+        self.check_checkpoint()
+        if self.subcommand == "fit":
+            self.check_training_data(trainer)
             if isinstance(trainer.logger, AutoWandbLogger):
                 self.continue_logged_run(trainer.logger)
+        STARTED_RUNS.append(trainer)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a user's own plugin
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         logger = trainer.logger
@@ -276,11 +360,62 @@ class M2GANCLI(LightningCLI):
         return trainer
 
 
-def main(default_config: str, args: list[str] | None = None) -> M2GANCLI | None:
-    """Run the CLI with ``default_config`` as every subcommand's default config file."""
-    if not (sys.argv[1:] if args is None else args):
+def upgraded_arguments(args: list[str], config_files: list[str]) -> list[str]:
+    """``args`` with an earlier version's flat ``--model.<name>`` keys as today's nested ones (a note each).
+
+    A config file with flat model keys is refused in one line naming the new key: a file is the
+    user's to edit, and silently reading it differently than it says would hide the change.
+    """
+    from m2gan.settings import new_key
+
+    for path in config_files:
+        try:
+            with open(path) as file:
+                config = yaml.safe_load(file)
+        except (OSError, yaml.YAMLError):
+            continue  # LightningCLI reports an unreadable file itself
+        model = config.get("model") if isinstance(config, dict) else None
+        moved = [name for name in model if new_key(name)] if isinstance(model, dict) else []
+        if moved:
+            fail(f"{path}: model.{moved[0]} is now {new_key(moved[0])} (model settings are grouped: text, "
+                 "generator, discriminator, captioner, objective, training; configs/default.yaml shows the layout)",
+                 2)  # fmt: skip
+    upgraded = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        name = key.removeprefix("--model.")
+        if key.startswith("--model.") and new_key(name):
+            print(f"note: --model.{name} is now --{new_key(name)}", file=sys.stderr)
+            arg = f"--{new_key(name)}{sep}{value}"
+        upgraded.append(arg)
+    return upgraded
+
+
+def config_files(default_config: str, args: list[str]) -> list[str]:
+    """The config files a command line reads: the default one and every ``--config FILE``."""
+    files = [default_config]
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.removeprefix("--config="))
+    return files
+
+
+def main(
+    default_config: str, args: list[str] | None = None, named_callbacks: dict[str, type] | None = None
+) -> M2GANCLI | None:
+    """Run the CLI with ``default_config`` as every subcommand's default config file.
+
+    Args:
+        named_callbacks: Callbacks every run has, each tuned under its own key (see :class:`M2GANCLI`).
+    """
+    args = sys.argv[1:] if args is None else list(args)
+    if not args:
         print(USAGE)
         return None
+    args = upgraded_arguments(args, config_files(default_config, args))
+    quiet_known_noise()
     from m2gan.data import CaptionDataModule
     from m2gan.model import M2GAN, CheckpointMismatch, CollapseError, DivergenceError
 
@@ -292,8 +427,10 @@ def main(default_config: str, args: list[str] | None = None) -> M2GANCLI | None:
                 M2GAN,
                 CaptionDataModule,
                 save_config_callback=RunConfigSaver,
+                parser_class=OneLineParser,
                 parser_kwargs=dict.fromkeys(("fit", "validate", "test", "predict"), defaults),
                 args=args,
+                named_callbacks=named_callbacks,
             )
         except BaseException as error:
             if not (isinstance(error, SystemExit) and error.code in (0, None)):

@@ -27,12 +27,12 @@ from m2gan.checkpoint_io import (
     RENAMED_MODULES,
     TOKENIZER_KEY,
     CheckpointError,
+    TextSourceError,
     load_weights,
-    model_settings,
     read_checkpoint,
+    saved_settings,
     valid_settings,
 )
-from m2gan.model import M2GAN
 from m2gan.pipeline import PipelineConfig, SamplingPipeline
 from m2gan.pretrained import copy_model_files
 from m2gan.tokenizer import CaptionTokenizer
@@ -40,7 +40,7 @@ from m2gan.tokenizer import CaptionTokenizer
 __all__ = ["CheckpointError", "export", "load", "load_checkpoint", "load_export"]
 
 EXPORT_FORMAT = "m2gan-export"
-EXPORT_VERSION = 2  # 1: the whole model's settings under "hparams", weights named generator_ema.* etc.
+EXPORT_VERSION = 3  # 1: the whole model's settings under "hparams", weights named generator_ema.* etc.; 2: flat sizes
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 EXPORTED_MODULES = ("text_encoder", "generator", "captioner")
@@ -110,13 +110,13 @@ def export(pipeline: SamplingPipeline, out_dir: str | os.PathLike, include_text_
     """
     if pipeline.tokenizer is None:
         raise ValueError("the model has no tokenizer: nothing could read its exports")
-    text_folder = pipeline.config.text_encoder
+    text_folder = pipeline.config.text.text_encoder
     if include_text_encoder and text_folder is None:
         raise ValueError("the model has the built-in text encoder, whose weights every export holds already")
     tensors = {name: value.detach().cpu().contiguous() for name, value in pipeline.state_dict().items()}
     sizes = pipeline.config.to_dict()
     if include_text_encoder:
-        sizes["text_encoder"] = TEXT_ENCODER_FOLDER  # relative: read from inside the export
+        sizes["text"]["text_encoder"] = TEXT_ENCODER_FOLDER  # relative: read from inside the export
     tokenizer = pipeline.tokenizer.to_json()
     config = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "pipeline": sizes, "tokenizer": tokenizer}
     with staged_folder(out_dir) as staging:
@@ -166,16 +166,15 @@ def load_export(
 
 
 def _export_sizes(config_path: Path, sizes: dict) -> PipelineConfig:
-    """The pipeline sizes of a format-2 export's ``config.json``."""
+    """The pipeline settings of a format-2 or -3 export's ``config.json`` (flat or nested tables)."""
     if not isinstance(sizes, dict):
         raise CheckpointError(f"{config_path}: not an M2GAN export (\"pipeline\" is not a table of settings)")
-    unknown = sorted(set(sizes) - set(PipelineConfig.__dataclass_fields__))
-    if unknown:
-        raise CheckpointError(f"{config_path}: written by a newer or different M2GAN: unknown settings {unknown}")
-    folder = sizes.get("text_encoder")
+    config = PipelineConfig.of(saved_settings(config_path, sizes))
+    folder = config.text.text_encoder
     if isinstance(folder, str) and not os.path.isabs(folder):  # included in the export
-        sizes = {**sizes, "text_encoder": str(config_path.parent / folder)}
-    return PipelineConfig(**sizes)
+        text = dataclasses.replace(config.text, text_encoder=str(config_path.parent / folder))
+        config = dataclasses.replace(config, text=text)
+    return config
 
 
 def _v1_name(name: str) -> str:
@@ -185,9 +184,8 @@ def _v1_name(name: str) -> str:
 
 
 def _pipeline_config(source: str | os.PathLike, hparams: dict) -> PipelineConfig:
-    """The pipeline sizes of an ``M2GAN``'s saved settings; settings it did not save take today's defaults."""
-    settings = model_settings(source, hparams, M2GAN)
-    return valid_settings(source, lambda: PipelineConfig.from_settings(settings))
+    """The pipeline settings of an ``M2GAN``'s saved settings; settings it did not save take their defaults."""
+    return PipelineConfig.of(saved_settings(source, hparams))
 
 
 def _build(
@@ -197,9 +195,10 @@ def _build(
     text_encoder: str | os.PathLike | None = None,
 ) -> SamplingPipeline:
     if text_encoder is not None:
-        if config.text_encoder is None:
+        if config.text.text_encoder is None:
             raise CheckpointError(f"{source}: has the built-in text encoder: a pretrained model's folder cannot apply")
-        config = dataclasses.replace(config, text_encoder=os.path.abspath(text_encoder))
+        text = dataclasses.replace(config.text, text_encoder=os.path.abspath(text_encoder))
+        config = dataclasses.replace(config, text=text)
     return valid_settings(source, lambda: SamplingPipeline.build(config, tokenizer).requires_grad_(False))
 
 
@@ -222,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = load_checkpoint(args.checkpoint, text_encoder=args.text_encoder)
         out = export(pipeline, args.out, args.include_text_encoder)
     except (ValueError, FileNotFoundError) as error:
-        print(f"m2gan-export: error: {error}", file=sys.stderr)
+        message = error.with_hint("--text-encoder FOLDER") if isinstance(error, TextSourceError) else error
+        print(f"m2gan-export: error: {message}", file=sys.stderr)
         return 1
     included = f", {TEXT_ENCODER_FOLDER}/" if args.include_text_encoder else ""
     print(f"exported to {out} ({WEIGHTS_FILE}, {CONFIG_FILE}{included})", file=sys.stderr)

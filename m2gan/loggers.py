@@ -109,7 +109,6 @@ class AutoWandbLogger(WandbLogger):
     ) -> None:
         self.mode = resolve_wandb_mode(mode)
         self.continue_run = continue_run
-        os.makedirs(save_dir, exist_ok=True)
         given = {"entity": entity, "tags": tags, "group": group, "notes": notes, "resume": resume}
         extra = {**(init_kwargs or {}), **{k: v for k, v in given.items() if v is not None}, **kwargs}
         # wandb.init(mode=...) receives the mode; WandbLogger forwards unknown keyword arguments to it.
@@ -118,6 +117,8 @@ class AutoWandbLogger(WandbLogger):
         super().__init__(
             save_dir=save_dir, project=project, name=name, id=id, log_model=log_model, mode=self.mode, **extra
         )
+        if self._wandb_init.get("anonymous") is None:  # Lightning passes None, which W&B warns about on every run
+            self._wandb_init.pop("anonymous", None)
         self._defined: set[str] = set()
         self._last_step = -1
         self.step_source: Callable[[], int] | None = None
@@ -132,6 +133,8 @@ class AutoWandbLogger(WandbLogger):
     @property
     def experiment(self):
         started = self._experiment is not None
+        if not started:  # made only when the run starts: a run refused before it leaves no folder
+            os.makedirs(self.save_dir, exist_ok=True)
         run = super().experiment
         if not started and getattr(run, "define_metric", None):
             # Lightning defines its own trainer/global_step axis (optimizer steps); this one wins.

@@ -35,8 +35,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -45,50 +44,8 @@ from torch import nn
 from m2gan import decoding, losses
 from m2gan.negatives import WordPairs, binding_twins, hard_negatives
 from m2gan.networks import Captioner, Discriminator, Generator, TextEncoder
-from m2gan.settings import SettingsGroup
+from m2gan.settings import ObjectiveSettings
 from m2gan.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS
-
-GradientPenalty = Literal["r1", "ma_gp", "none"]
-
-
-@dataclass(frozen=True)
-class ObjectiveConfig(SettingsGroup):
-    """The loss weights and switches of one batch; each is documented on :class:`~m2gan.model.M2GAN`."""
-
-    adversarial_loss: losses.AdversarialLoss
-    mismatch_weight: float
-    swap_weight: float
-    binding_negative_share: float
-    contrastive_weight_d: float
-    contrastive_weight_g: float
-    contrastive_temperature: float
-    gradient_penalty: GradientPenalty
-    gp_weight: float
-    gp_interval: int
-    caption_weight: float
-    caption_label_smoothing: float
-    cycle_weight: float
-    caption_adversarial_weight: float
-    caption_temperature: float
-    word_region_weight: float
-    text_order_weight: float
-    twin_negative_weight: float
-    caption_twin_weight: float
-    caption_preference_weight: float
-    twin_margin: float
-    mode_seeking_weight: float
-
-    @property
-    def uses_twins(self) -> bool:
-        """Whether a loss of the batch reads its captions' binding twins."""
-        weights = (self.text_order_weight, self.twin_negative_weight, self.caption_twin_weight,
-                   self.caption_preference_weight)  # fmt: skip
-        return any(weight > 0 for weight in weights)
-
-    @property
-    def has_gradient_penalty(self) -> bool:
-        """Whether a gradient penalty is applied at all (on every ``gp_interval``-th D step)."""
-        return self.gradient_penalty != "none" and self.gp_weight > 0
 
 
 class TextBatch(NamedTuple):
@@ -175,7 +132,7 @@ class GANObjective:
         generator: Generator,
         discriminator: Discriminator,
         captioner: Captioner,
-        config: ObjectiveConfig,
+        config: ObjectiveSettings,
     ) -> None:
         self.text_encoder, self.generator = text_encoder, generator
         self.discriminator, self.captioner = discriminator, captioner

@@ -12,7 +12,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
@@ -21,36 +21,27 @@ from m2gan import decoding
 from m2gan.images import ImageInput, prepare_images, to_uint8
 from m2gan.networks import Captioner, Generator, PretrainedTextEncoder, TextEncoder
 from m2gan.pretrained import load_pretrained_text
-from m2gan.settings import SettingsGroup
+from m2gan.settings import CaptionerSettings, GeneratorSettings, ModelSettings, TextSettings
 from m2gan.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, CaptionTokenizer
 
 
 @dataclass(frozen=True)
-class PipelineConfig(SettingsGroup):
-    """The sizes that rebuild the sampling networks; each is documented on :class:`~m2gan.model.M2GAN`."""
+class PipelineConfig:
+    """The settings that rebuild the sampling networks: the model's shared sizes and the groups of
+    its text encoder, generator and captioner (each documented in :mod:`m2gan.settings`)."""
 
     resolution: int
     vocab_size: int
     max_length: int
-    noise_dim: int
-    text_width: int
-    sentence_dim: int
-    text_layers: int
-    g_channels: int
     max_channels: int
-    captioner_width: int
-    captioner_layers: int
-    captioner_channels: int
     channels_last: bool
-    word_attention_sides: tuple[int, ...] = ()  # absent from exports written before it existed
-    generator_output: str = "tanh"  # absent from exports written before it existed, which all ended in tanh
-    text_position_std: float = 1.0  # initialisation only: loaded weights overwrite it
-    text_architecture: str = "transformer"  # absent from exports written before it existed, which all used one
-    text_encoder: str | None = None  # a pretrained model's folder; None = the built-in encoder (text_architecture)
-    text_encoder_trainable: bool = False
+    text: TextSettings
+    generator: GeneratorSettings
+    captioner: CaptionerSettings
 
-    def __post_init__(self) -> None:  # a list from YAML or JSON, a tuple here: configs compare equal
-        object.__setattr__(self, "word_attention_sides", tuple(self.word_attention_sides))
+    @classmethod
+    def of(cls, settings: ModelSettings) -> PipelineConfig:
+        return cls(*(getattr(settings, f.name) for f in fields(cls)))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,54 +51,57 @@ class PipelineConfig(SettingsGroup):
     # model is read from its folder, only its projections are new.
 
     def make_text_encoder(self) -> TextEncoder | PretrainedTextEncoder:
-        if self.text_encoder is not None:
-            source = load_pretrained_text(self.text_encoder)
+        t = self.text
+        if t.text_encoder is not None:
+            source = load_pretrained_text(t.text_encoder)
             return PretrainedTextEncoder(
                 source.model,
                 source.tokenizer,
                 source.kind,
                 source.digest,
                 self.max_length,
-                self.text_width,
-                self.sentence_dim,
+                t.text_width,
+                t.sentence_dim,
                 (PAD_ID, UNK_ID, BOS_ID, EOS_ID),
-                trainable=self.text_encoder_trainable,
+                trainable=t.text_encoder_trainable,
                 folder=str(source.folder),
             )
         return self._layout(
             TextEncoder(
                 self.vocab_size,
                 self.max_length,
-                self.text_width,
-                self.sentence_dim,
-                self.text_layers,
-                position_std=self.text_position_std,
-                architecture=self.text_architecture,
+                t.text_width,
+                t.sentence_dim,
+                t.text_layers,
+                position_std=t.text_position_std,
+                architecture=t.text_architecture,
             )
         )
 
     def make_generator(self) -> Generator:
+        g = self.generator
         return self._layout(
             Generator(
                 self.resolution,
-                self.noise_dim,
-                self.sentence_dim,
-                self.g_channels,
+                g.noise_dim,
+                self.text.sentence_dim,
+                g.g_channels,
                 self.max_channels,
-                word_dim=self.text_width,
-                attention_sides=self.word_attention_sides,
-                output=self.generator_output,
+                word_dim=self.text.text_width,
+                attention_sides=g.word_attention_sides,
+                output=g.generator_output,
             )
         )
 
     def make_captioner(self) -> Captioner:
+        c = self.captioner
         captioner = Captioner(
             self.resolution,
             self.vocab_size,
             self.max_length,
-            width=self.captioner_width,
-            num_layers=self.captioner_layers,
-            base_channels=self.captioner_channels,
+            width=c.captioner_width,
+            num_layers=c.captioner_layers,
+            base_channels=c.captioner_channels,
             max_channels=self.max_channels,
         )
         return self._layout(captioner)
@@ -237,7 +231,7 @@ class SamplingPipeline(nn.Module):
 
         Drawn on the CPU, so a seed gives the same noise on every device.
         """
-        noise_dim = self.config.noise_dim
+        noise_dim = self.config.generator.noise_dim
         if truncation is None:
             z = torch.randn(batch_size, noise_dim, generator=generator)
         else:

@@ -130,7 +130,7 @@ def load_pretrained_text(folder: str | Path) -> PretrainedText:
             captions, a tokenizer that does not belong to the model, or no ``transformers``.
     """
     folder = Path(folder).expanduser()
-    where = f"model.text_encoder {folder}"
+    where = f"text encoder {folder}"
     if not folder.is_dir():
         raise PretrainedTextError(f"{where}: no such folder")
     if not (folder / "config.json").is_file():

@@ -89,6 +89,11 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 MAX_GRID_IMAGES = 1024  # a grid image of more would be too large to view
 
 
@@ -118,7 +123,7 @@ def run_generate(args: argparse.Namespace, model) -> str:
     if args.grid and total > MAX_GRID_IMAGES:
         raise ValueError(f"--grid: {total} images are too many for one grid image (at most {MAX_GRID_IMAGES})")
     if args.attention_maps and not model.has_word_attention:
-        raise ValueError("--attention-maps: this model's generator has no word attention (model.word_attention_sides)")
+        raise ValueError("--attention-maps: this model's generator has no word attention (model.generator.word_attention_sides)")
     if args.attention_maps and total > MAX_GRID_IMAGES:
         raise ValueError(f"--attention-maps: {total} images are too many to map (at most {MAX_GRID_IMAGES})")
     chunks = model.generate_chunks(prompts, args.num_images, args.seed, args.truncation, args.batch_size)
@@ -138,8 +143,8 @@ def run_generate(args: argparse.Namespace, model) -> str:
             prompt_grid(images, prompts, scale=max(1, 128 // images.shape[-1])).save(folder / "grid.png")
         if args.attention_maps:
             write_attention_maps(folder, model, prompts, args)
-    note = f" ({skipped} blank lines skipped)" if skipped else ""
-    return f"wrote {total} images for {len(prompts)} prompts{note} to {args.out}"
+    note = f" ({plural(skipped, 'blank line')} skipped)" if skipped else ""
+    return f"wrote {plural(total, 'image')} for {plural(len(prompts), 'prompt')}{note} to {args.out}"
 
 
 def write_attention_maps(folder: Path, model, prompts: list[str], args: argparse.Namespace) -> None:
@@ -196,7 +201,7 @@ def run_interpolate(args: argparse.Namespace, model) -> str:
             prompt_grid(images, [label], scale=scale).save(folder / "strip.png")
         except OSError as error:
             raise ValueError(f"{args.out}: cannot write the images ({error.strerror or error})") from None
-    return f"wrote {images.shape[0]} frames, interpolation.gif and strip.png to {args.out}"
+    return f"wrote {plural(images.shape[0], 'frame')}, interpolation.gif and strip.png to {args.out}"
 
 
 def image_files(inputs: list[str]) -> list[Path]:
@@ -229,7 +234,7 @@ def run_caption(args: argparse.Namespace, model) -> str:
     lines = [json.dumps({"file": str(file), "caption": caption}) for file, caption in zip(files, captions)]
     if args.out is None:
         print("\n".join(lines))
-        return f"captioned {len(files)} images"
+        return f"captioned {plural(len(files), 'image')}"
     from m2gan.atomic import atomic_path
 
     out = Path(args.out)
@@ -240,7 +245,7 @@ def run_caption(args: argparse.Namespace, model) -> str:
             partial.write_text("\n".join(lines) + "\n", encoding="utf-8")
     except OSError as error:
         raise ValueError(f"{out}: cannot write there ({error.strerror or error})") from None
-    return f"captioned {len(files)} images into {out}"
+    return f"captioned {plural(len(files), 'image')} into {out}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,7 +271,10 @@ def _run(args: argparse.Namespace, load) -> int:
         run = {"generate": run_generate, "interpolate": run_interpolate, "caption": run_caption}[args.command]
         summary = run(args, model)
     except (ValueError, FileNotFoundError) as error:
-        print(f"m2gan-sample: error: {error}", file=sys.stderr)
+        from m2gan.checkpoint_io import TextSourceError
+
+        message = error.with_hint("--text-encoder FOLDER") if isinstance(error, TextSourceError) else error
+        print(f"m2gan-sample: error: {message}", file=sys.stderr)
         return 1
     except OSError as error:  # any other file the run could not read or write
         print(f"m2gan-sample: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)

@@ -9,7 +9,7 @@ import torch
 
 from m2gan.data import CaptionDataModule
 from m2gan.model import M2GAN
-from tests.helpers import TINY_MODEL
+from tests.helpers import TINY_MODEL, model_of
 
 WORKERS = 2
 """pytest-xdist workers of a plain ``pytest``: one per core of the 2-core machines the suite is sized for."""
@@ -75,7 +75,7 @@ def datamodule() -> CaptionDataModule:
 
 @pytest.fixture
 def tiny_model(datamodule) -> M2GAN:
-    model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
+    model = model_of(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
     model.set_tokenizer(datamodule.tokenizer)
     return model
 
@@ -87,7 +87,7 @@ def checkpoint(tmp_path_factory) -> str:
 
     torch.manual_seed(0)
     datamodule = CaptionDataModule(batch_size=8, train_size=16, val_size=8, test_size=8, tokenizer_fit_size=300)
-    model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
+    model = model_of(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
     trainer = pl.Trainer(
         max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False,

@@ -29,6 +29,7 @@ from PIL import Image
 from callbacks import FinalCheckpoint
 from m2gan.data import CaptionDataModule
 from m2gan.model import M2GAN
+from m2gan.settings import overridden
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
@@ -39,8 +40,17 @@ TINY = [*TINY_RUN, f"--config={CONFIGS / 'tiny-callbacks.yaml'}"]
 """Arguments of every tiny CLI run: tiny model, data and trainer, with the callbacks the tests read."""
 WANDB = [f"--config={CONFIGS / 'wandb.yaml'}"]
 """Added after :data:`TINY` where W&B is the subject: the default job's logger (offline in tests)."""
-TINY_MODEL = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())["model"]
-"""The tiny run's model settings, for tests that build an ``M2GAN`` directly."""
+TINY_MODEL = {
+    name: value
+    for key, table in yaml.safe_load((CONFIGS / "tiny.yaml").read_text())["model"].items()
+    for name, value in (table.items() if isinstance(table, dict) else [(key, table)])
+}
+"""The tiny run's model settings by their own names (flat), for tests that build an ``M2GAN`` directly."""
+
+
+def model_of(**settings) -> M2GAN:
+    """An ``M2GAN`` of ``settings`` given by their own names (``swap_weight=0``), the rest at their defaults."""
+    return M2GAN(**overridden({}, **settings))
 
 
 @dataclasses.dataclass
@@ -59,7 +69,7 @@ def run_cli(args: list[str], cwd: str | os.PathLike, env: dict[str, str] | None 
     Warnings are added to ``stderr`` as a child would print them; an uncaught exception is a
     ``Traceback`` in ``stderr`` and exit status 1; a W&B run still open is finished, as a child's exit would.
     """
-    from m2gan.cli import main
+    import train
 
     out, err = io.StringIO(), io.StringIO()
     previous = os.getcwd()
@@ -73,7 +83,7 @@ def run_cli(args: list[str], cwd: str | os.PathLike, env: dict[str, str] | None 
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 try:
-                    main(str(DEFAULT_CONFIG))  # reads sys.argv, as train.py does
+                    train.run()  # reads sys.argv, as train.py does
                     code = 0
                 except SystemExit as exit_:
                     code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
@@ -192,7 +202,7 @@ def train_tiny(tmp_path, max_steps=-1, ckpt_path=None, save_every=None, data=SHA
     optionally from ``ckpt_path``, saving every ``save_every`` optimizer steps or a final checkpoint."""
     pl.seed_everything(0, workers=True)
     data = CaptionDataModule(**data)
-    model = M2GAN(vocab_size=data.vocab_size, max_length=data.max_length, **{**TINY_MODEL, **model})
+    model = model_of(vocab_size=data.vocab_size, max_length=data.max_length, **{**TINY_MODEL, **model})
     model.set_tokenizer(data.tokenizer)
     callbacks = []
     if save_every:

@@ -10,12 +10,12 @@ from callbacks import SampleGrid
 from m2gan import sample
 from m2gan.model import M2GAN
 from m2gan.tokenizer import PAD_ID
-from tests.helpers import TINY_MODEL
+from tests.helpers import TINY_MODEL, model_of
 
 
 @pytest.fixture
 def attending(datamodule) -> M2GAN:
-    model = M2GAN(
+    model = model_of(
         vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, word_attention_sides=(8, 16), **TINY_MODEL
     )
     model.set_tokenizer(datamodule.tokenizer)

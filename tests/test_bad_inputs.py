@@ -23,7 +23,7 @@ from m2gan.checkpoint_io import CheckpointError
 from m2gan.data import CaptionDataModule
 from m2gan.data.check import main as data_main
 from m2gan.model import M2GAN
-from tests.helpers import ROOT, TINY, TINY_MODEL, WANDB, leftovers, one_line, run_cli, shards
+from tests.helpers import ROOT, TINY, TINY_MODEL, WANDB, leftovers, model_of, one_line, run_cli, shards
 
 
 def run(argv, capsys, main=sample.main) -> tuple[int, str]:
@@ -216,6 +216,26 @@ def test_a_coco_file_that_is_not_a_coco_dict_is_one_line(tmp_path, capsys, conte
         CaptionDataModule(format="coco", root=str(tmp_path))
 
 
+def test_coco_captions_under_another_key_are_named_not_counted_as_empty(tmp_path, capsys):
+    (tmp_path / "annotations").mkdir()
+    content = {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": 7, "image_id": 1, "text": "a cat"}]}
+    for split in ("train", "val"):
+        (tmp_path / "annotations" / f"captions_{split}2017.json").write_text(json.dumps(content))
+    status, err = run(["check", str(tmp_path), "--format", "coco"], capsys, data_main)
+    assert status == 1
+    one_line(err, r'captions_train2017.json: no annotation has a "caption" key \(its annotations have id, image_id, '
+                  "text\\): not a COCO captions file")  # fmt: skip
+
+
+def test_an_image_with_two_empty_captions_is_one_example(tmp_path):
+    from m2gan.data.captioned import Problems, clean_captions
+
+    problems = Problems()
+    clean_captions(["", " ", "a cat"], "a.jpg", problems)
+    clean_captions([""], "b.jpg", problems)
+    assert problems.counts["empty captions"] == 3 and problems.examples["empty captions"] == ["a.jpg", "b.jpg"]
+
+
 def test_a_bad_resolution_for_the_data_check_is_one_line(tmp_path, capsys):
     status, err = run(["check", str(tmp_path), "--format", "folder", "--resolution", "-5"], capsys, data_main)
     assert status == 1
@@ -272,7 +292,7 @@ def test_train_options_refused_before_setup(tmp_path, args, message):
 
 def test_a_checkpoint_of_other_model_sizes_names_the_weights_that_do_not_fit(checkpoint):
     saved = M2GAN.load(checkpoint)
-    other = M2GAN(**{**saved.hparams, **TINY_MODEL, "g_channels": 4})
+    other = model_of(**{**saved.hparams, **TINY_MODEL, "g_channels": 4})
     with pytest.raises(CheckpointError, match=r"does not fit this model \(.*shapes differ for weights of ema, generator"):
         other.check_checkpoint(checkpoint, saved.tokenizer)
     saved.check_checkpoint(checkpoint, saved.tokenizer)  # its own checkpoint fits

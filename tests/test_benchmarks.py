@@ -26,7 +26,7 @@ EXTRA = {
             "--variant",
             "plain=",
             "--variant",
-            "binding=--model.binding_negative_share=1",
+            "binding=--model.objective.binding_negative_share=1",
         ),
     ]
 }

@@ -16,7 +16,7 @@ from m2gan.data.shapes import ShapesDataset
 from m2gan.images import to_uint8
 from m2gan.model import M2GAN, CollapseError
 from m2gan.networks import Generator
-from tests.helpers import TINY_MODEL
+from tests.helpers import TINY_MODEL, model_of
 
 
 class _Collapsing:
@@ -117,12 +117,13 @@ def test_a_linear_output_passes_gradient_where_tanh_saturates():
 
 def test_an_old_tanh_checkpoint_does_not_silently_resume_as_linear(checkpoint, tmp_path):
     saved = torch.load(checkpoint, weights_only=True)
-    del saved["hyper_parameters"]["generator_output"]  # written before the setting existed: trained with tanh
+    del saved["hyper_parameters"]["generator"]["generator_output"]  # written before it existed: trained with tanh
     torch.save(saved, tmp_path / "old.ckpt")
-    assert M2GAN.load(tmp_path / "old.ckpt").hparams.generator_output == "tanh"
+    assert M2GAN.load(tmp_path / "old.ckpt").settings.generator.generator_output == "tanh"
     model = M2GAN.load(checkpoint)
-    assert model.hparams.generator_output == "linear"
-    with pytest.raises(CheckpointError, match="ends in tanh, this model's in linear: .*--model.generator_output tanh"):
+    assert model.settings.generator.generator_output == "linear"
+    pattern = "ends in tanh, this model's in linear: .*--model.generator.generator_output tanh"
+    with pytest.raises(CheckpointError, match=pattern):
         model.check_checkpoint(tmp_path / "old.ckpt")
 
 
@@ -139,7 +140,7 @@ def test_the_black_background_draws_the_same_objects_and_captions_on_black():
 
 def test_the_default_tiny_model_is_linear_and_tanh_is_kept_for_whoever_asks(datamodule):
     sizes = {"vocab_size": datamodule.vocab_size, "max_length": datamodule.max_length, **TINY_MODEL}
-    model = M2GAN(**sizes)
+    model = model_of(**sizes)
     assert model.generator.output == model.ema.generator.output == "linear"
-    tanh = M2GAN(generator_output="tanh", **sizes)
+    tanh = model_of(generator_output="tanh", **sizes)
     assert tanh.generator.output == tanh.ema.generator.output == "tanh"

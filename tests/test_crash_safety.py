@@ -67,9 +67,7 @@ trainer:
   plugins:
     - class_path: tests.slow_io.SlowCheckpointIO
       init_args: {{slow_from: 4, marker: {tmp_path / "writing"}}}
-  callbacks:
-    - class_path: callbacks.FinalCheckpoint
-      init_args: {{dirpath: {ckpt}, filename: "{{step}}", save_last: true, save_top_k: -1, every_n_train_steps: 2}}
+checkpoint: {{dirpath: {ckpt}, every_n_train_steps: 2}}
 """)
     process = _start([f"--config={config}", "--trainer.max_steps=8"], tmp_path)
     deadline = time.monotonic() + 240
@@ -104,8 +102,7 @@ trainer:
   callbacks:
     - class_path: tests.slow_io.SlowBatches
       init_args: {pause: 0.25}
-    - class_path: callbacks.FinalCheckpoint
-      init_args: {filename: "{step}", save_last: true, save_top_k: -1, every_n_train_steps: 4}
+checkpoint: {every_n_train_steps: 4}
 """)
     args = [f"--config={config}", "--trainer.limit_val_batches=0"]
 

@@ -37,7 +37,7 @@ def test_nan_gradient_skips_the_step_and_counts_it(tmp_path, datamodule, tiny_mo
 def test_nan_loss_stops_training_after_max_bad_steps(tmp_path, datamodule, tiny_model, monkeypatch):
     import m2gan.losses
 
-    tiny_model.hparams.max_bad_steps = 2
+    tiny_model.settings = tiny_model.settings.replace(training={"max_bad_steps": 2})
     d_adversarial = m2gan.losses.d_adversarial
     monkeypatch.setattr(m2gan.losses, "d_adversarial", lambda *a, **k: d_adversarial(*a, **k) * float("nan"))
     before = _snapshot(tiny_model.discriminator)

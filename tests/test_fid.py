@@ -19,8 +19,7 @@ from m2gan.data import CaptionDataModule
 from m2gan.eval import fid
 from m2gan.eval.gather import gather_by_index
 from m2gan.eval.shapes_judge import JudgeRecipe, save_judge, train_judge
-from m2gan.model import M2GAN
-from tests.helpers import TINY_MODEL
+from tests.helpers import TINY_MODEL, model_of
 
 
 def _blobs(count: int, seed: int, shift: float = 0.0) -> torch.Tensor:
@@ -197,7 +196,7 @@ def test_fid_callback_switches_itself_off_without_weights_or_network(tmp_path, d
 def test_fid_callback_with_inception_weights_from_a_local_file(tmp_path, inception_weights):
     # 4 drawn and 4 real images: each costs Inception's 299-pixel forward pass on a CPU.
     datamodule = CaptionDataModule(batch_size=4, train_size=16, val_size=4, test_size=4, tokenizer_fit_size=300)
-    model = M2GAN(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
+    model = model_of(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
     model.set_tokenizer(datamodule.tokenizer)
     callback = FID(num_samples=4, feature_extractor_weights_path=inception_weights, cache_dir=str(tmp_path))
     metrics = _validate(model, datamodule, [callback], tmp_path)

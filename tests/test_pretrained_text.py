@@ -20,7 +20,7 @@ from m2gan.export import main as export_main
 from m2gan.model import M2GAN
 from m2gan.pretrained import PretrainedTextError, folder_digest, load_pretrained_text, write_random_text_model
 from m2gan.sample import main as sample_main
-from tests.helpers import TINY, TINY_MODEL, checkpoints, run_cli, run_train
+from tests.helpers import TINY, TINY_MODEL, checkpoints, model_of, run_cli, run_train
 
 pytest.importorskip("transformers")  # the [hf] extra, part of [test]; like the demo's tests without gradio
 
@@ -42,7 +42,7 @@ def folders(tmp_path_factory, data) -> dict:
 
 
 def pretrained_model(data, folder, **settings) -> M2GAN:
-    model = M2GAN(
+    model = model_of(
         vocab_size=data.vocab_size, max_length=data.max_length, text_encoder=str(folder), **TINY_MODEL, **settings
     )
     model.set_tokenizer(data.tokenizer)
@@ -175,7 +175,7 @@ def test_train_sample_export_and_reload(tmp_path, folders, kind, capsys):
     folder = tmp_path / "text-model"
     shutil.copytree(folders[kind], folder)
     digest = folder_digest(folder)
-    trained = run_cli(["fit", *TINY, f"--model.text_encoder={folder}"], tmp_path)
+    trained = run_cli(["fit", *TINY, f"--model.text.text_encoder={folder}"], tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
     (last,) = checkpoints(tmp_path)
     state = torch.load(last, weights_only=True)["state_dict"]
@@ -191,7 +191,7 @@ def test_train_sample_export_and_reload(tmp_path, folders, kind, capsys):
     assert export_main([str(last), "--out", str(named)]) == 0
     assert export_main([str(last), "--out", str(whole), "--include-text-encoder"]) == 0
     assert not [name for name in load_file(named / "model.safetensors") if "backbone" in name]
-    assert json.loads((named / "config.json").read_text())["pipeline"]["text_encoder"] == str(folder)
+    assert json.loads((named / "config.json").read_text())["pipeline"]["text"]["text_encoder"] == str(folder)
     assert torch.equal(m2gan.load(named).generate(prompts, seed=5), expected)
 
     # The original folder gone: the self-contained export still samples; the rest say so in one line.
@@ -214,13 +214,20 @@ def test_train_sample_export_and_reload(tmp_path, folders, kind, capsys):
         m2gan.load(last)
     settings = torch.load(last, weights_only=True)["hyper_parameters"]
     with pytest.raises(CheckpointError, match=refused):
-        M2GAN(**{k: v for k, v in settings.items() if not k.startswith("_")}).check_checkpoint(last)
+        model_of(**{k: v for k, v in settings.items() if not k.startswith("_")}).check_checkpoint(last)
+    # Each command names its own option for the original folder.
+    assert sample_main(["generate", str(last), "--prompt", "a red circle", "--out", str(tmp_path / "y")]) == 1
+    error = capsys.readouterr().err.strip()
+    assert refused in error and error.endswith("give the original folder with --text-encoder FOLDER"), error
+    resumed = run_cli(["fit", *TINY, f"--model.text.text_encoder={folder}", f"--ckpt_path={last}"], tmp_path)
+    assert resumed.returncode == 1
+    assert resumed.stderr.strip().endswith("give the original folder with --model.text.text_encoder FOLDER")
 
 
 @pytest.mark.slow
 def test_ddp_fine_tunes_a_pretrained_encoder_in_two_processes(tmp_path, folders):
     ddp = ["--trainer.strategy=ddp_find_unused_parameters_true", "--trainer.devices=2", "--trainer.accelerator=cpu"]
-    args = [f"--model.text_encoder={folders['bert']}", "--model.text_encoder_trainable=true"]
+    args = [f"--model.text.text_encoder={folders['bert']}", "--model.text.text_encoder_trainable=true"]
     trained = run_train(["fit", *TINY, *ddp, *args], tmp_path)  # a child: Lightning starts rank 1 as another
     errors = [line for line in trained.stderr.splitlines() if "Error" in line]  # every rank's, not only the last
     assert trained.returncode == 0, "\n".join(errors)[-3000:] or trained.stderr[-3000:]
@@ -261,15 +268,15 @@ def break_folder(kind: str, folder, model_folders) -> str:
 def test_a_bad_folder_is_one_clear_error(tmp_path, folders, data, kind):
     folder = tmp_path / "model"
     message = break_folder(kind, folder, folders)
-    with pytest.raises(PretrainedTextError, match=re.escape(f"model.text_encoder {folder}: ") + message):
+    with pytest.raises(PretrainedTextError, match=re.escape(f"text encoder {folder}: ") + message):
         pretrained_model(data, folder)
 
 
 def test_a_bad_folder_stops_train_py_with_one_line(tmp_path):
-    result = run_cli(["fit", *TINY, f"--model.text_encoder={tmp_path / 'nowhere'}"], tmp_path)
+    result = run_cli(["fit", *TINY, f"--model.text.text_encoder={tmp_path / 'nowhere'}"], tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: invalid configuration: model.text_encoder {tmp_path / 'nowhere'}: no such folder"
+        f"error: invalid configuration: text encoder {tmp_path / 'nowhere'}: no such folder"
     )
 
 
@@ -278,9 +285,9 @@ def test_settings_a_pretrained_encoder_cannot_take_are_refused(data, folders, ch
         m2gan.load(checkpoint, text_encoder=folders["clip"])
     with pytest.raises(ValueError, match="caption_adversarial_weight > 0 needs the built-in text encoder"):
         pretrained_model(data, folders["t5"], caption_adversarial_weight=0.5)
-    with pytest.raises(ValueError, match="text_encoder_trainable needs model.text_encoder"):
-        M2GAN(vocab_size=data.vocab_size, max_length=data.max_length, text_encoder_trainable=True)
-    built_in = M2GAN(vocab_size=data.vocab_size, max_length=data.max_length, **TINY_MODEL)
+    with pytest.raises(ValueError, match="text_encoder_trainable needs model.text.text_encoder"):
+        model_of(vocab_size=data.vocab_size, max_length=data.max_length, text_encoder_trainable=True)
+    built_in = model_of(vocab_size=data.vocab_size, max_length=data.max_length, **TINY_MODEL)
     built_in.set_tokenizer(data.tokenizer)
     with pytest.raises(ValueError, match="built-in text encoder, whose weights every export holds"):
         export(built_in.ema, "unused", include_text_encoder=True)

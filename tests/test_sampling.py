@@ -120,7 +120,7 @@ def _without_captioner(checkpoint, tmp_path):
     [
         (lambda c, d: str(d / "absent.ckpt"), [], "checkpoint not found"),
         (_truncated, [], "truncated, corrupt"),
-        (_newer_config, [], "unknown model settings \\['flux_capacitor'\\]"),
+        (_newer_config, [], "unknown model setting 'flux_capacitor'"),
         (_without_captioner, [], "missing weights of ema.captioner: ema.captioner."),
         (lambda c, d: c, ["--prompt", " "], "--prompt number 2 is empty"),
         (lambda c, d: c, ["--device", "cuda"], "CUDA is not available"),

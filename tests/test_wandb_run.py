@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,9 @@ def test_one_step_axis_and_a_resumed_run_continues_it(tmp_path, judge):
     args = [*TINY, *with_callbacks(tmp_path, judge=judge), *WANDB, "--trainer.log_every_n_steps=1", "--data.val_size=16"]
     first = run_cli(["fit", *args, "--trainer.max_steps=6"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
+    # Lines on every run that are not the user's business are filtered (issue 38's list).
+    for noise in ("litlogger", "LeafSpec", "anonymous setting", "FLOPs", "LightningCLI's args parameter"):
+        assert noise not in first.stderr + first.stdout, noise
     (run_folder,) = tmp_path.glob("runs/m2gan/*")
     (part1,) = offline_runs(tmp_path)
     rows = history(part1)
@@ -65,6 +69,16 @@ def test_one_step_axis_and_a_resumed_run_continues_it(tmp_path, judge):
     assert third.returncode == 0, third.stderr[-3000:]
     assert "logged up to batch 4: starting a new W&B run" in third.stderr
     assert len(list(tmp_path.glob("runs/m2gan/*"))) == 2
+
+    # A checkpoint that fails the data check is refused before W&B continues its run: nothing is
+    # added to the run or W&B folders (a stray offline run of the same id would sync into the original).
+    before = sorted(p for p in (tmp_path / "runs").rglob("*"))
+    refused = run_cli(["fit", *args, "--data.max_length=30", "--trainer.max_steps=10", "--ckpt_path=last"], tmp_path)
+    assert refused.returncode == 1
+    said = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert said[0].startswith("resuming from") and len(said) == 2, refused.stderr  # then the refusal, one line
+    assert re.match(r"error: --ckpt_path .*last.ckpt: the checkpoint's tokenizer differs", said[1]), said[1]
+    assert sorted(p for p in (tmp_path / "runs").rglob("*")) == before
 
 
 def test_log_model_stages_checkpoints_as_model_artifacts_offline(tmp_path, monkeypatch, datamodule, tiny_model):

@@ -51,7 +51,7 @@ class Problems:
         """Record one skipped sample: why, and which file or entry."""
         self.counts[reason] += 1
         shown = self.examples.setdefault(reason, [])
-        if len(shown) < self._keep:
+        if len(shown) < self._keep and where not in shown:  # one image with two empty captions is one example
             shown.append(where)
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 from typing import Literal
 
@@ -87,8 +88,8 @@ class CaptionDataModule(pl.LightningDataModule):
         val_shards: str | None = None,
         resolution: int = 32,
         batch_size: int = 32,
-        train_size: int = 100_000,
-        val_size: int = 512,
+        train_size: int = 51_200,
+        val_size: int = 2_000,
         test_size: int = 512,
         two_object_prob: float = 0.25,
         held_out: tuple[str, ...] = (),
@@ -132,6 +133,10 @@ class CaptionDataModule(pl.LightningDataModule):
         self.tokenizer = CaptionTokenizer.fit(fit_captions, max_length=max_length, min_frequency=min_word_frequency)
         # Where each word was seen, from the same captions: the evidence binding negatives need.
         self.word_pairs = WordPairs.of(self.tokenizer.encode(fit_captions), self.tokenizer.vocab_size)
+
+    def ignored_settings(self) -> list[str]:
+        """One line per setting given a value other than its default that this data format does not read."""
+        return ignored_data_settings(self.hparams)
 
     def _build_datasets(self) -> dict:
         hp = self.hparams
@@ -290,3 +295,30 @@ class CaptionDataModule(pl.LightningDataModule):
             rank_zero_info(f"{self.hparams.predict_prompts}: {skipped} blank lines skipped")
         dataset = PromptDataset(prompts, self.hparams.predict_num_images, self.hparams.predict_seed)
         return DataLoader(dataset, batch_size=self.process_batch_size, shuffle=False)
+
+
+def ignored_data_settings(settings) -> list[str]:
+    """One line per data setting (``CaptionDataModule``'s arguments: a mapping) given a value other
+    than its default that its data format does not read."""
+    defaults = inspect.signature(CaptionDataModule.__init__).parameters
+    data_format = settings["format"]
+    shapes, folders = data_format == "shapes", data_format in ("coco", "cub", "folder")
+    rules = [
+        *((name, not shapes, "only the built-in shapes data (data.format shapes) reads it")
+          for name in ("train_size", "val_size", "test_size", "two_object_prob", "held_out", "background")),
+        *((name, shapes, "the shapes data is drawn, not read: it has no files or augmentation")
+          for name in ("augment", "flip", "verify_images")),
+        ("flip", not shapes and not settings["augment"], "it mirrors augmented training images, and data.augment is off"),
+        ("root", not folders, f"data.format {data_format} reads no folder"),
+        *((name, data_format != "webdataset", "only data.format webdataset reads shards")
+          for name in ("train_shards", "val_shards")),
+        ("crop_to_box", data_format != "cub", "only data.format cub has bounding boxes"),
+        *((name, data_format != "folder", "only data.format folder hashes files into splits")
+          for name in ("val_fraction", "test_fraction")),
+    ]  # fmt: skip
+    lines: dict[str, str] = {}  # the first reason per setting
+    for name, ineffective, why in rules:
+        value = tuple(settings[name]) if isinstance(settings[name], list) else settings[name]
+        if ineffective and value != defaults[name].default and name not in lines:
+            lines[name] = f"data.{name} has no effect: {why}"
+    return list(lines.values())

@@ -54,11 +54,22 @@ def coco_records(root: str | os.PathLike, problems: Problems) -> dict[str, list[
         try:
             files = {image["id"]: image["file_name"] for image in data.get("images", [])}
             captions: dict[int, list[str]] = defaultdict(list)
-            for annotation in data.get("annotations", []):
+            entries = data.get("annotations", [])
+            if entries and not any("caption" in annotation for annotation in entries):
+                keys = sorted({key for annotation in entries for key in annotation})
+                raise ValueError(
+                    f'{annotations}: no annotation has a "caption" key (its annotations have {", ".join(keys)}): '
+                    "not a COCO captions file"
+                )
+            for annotation in entries:
                 if annotation.get("image_id") not in files:
                     problems.add("captions without an image", f"{annotations.name}: annotation {annotation.get('id')}")
                     continue
-                captions[annotation["image_id"]].append(annotation.get("caption", ""))
+                if "caption" not in annotation:
+                    problems.add('annotations without a "caption" key', f"{annotations.name}: annotation "
+                                 f"{annotation.get('id')}")  # fmt: skip
+                    continue
+                captions[annotation["image_id"]].append(annotation["caption"])
         except (AttributeError, KeyError, TypeError) as error:
             raise ValueError(
                 f'{annotations}: not a COCO captions file: expected an object with "images" (each with "id" and '

@@ -136,7 +136,7 @@ class PretrainedTextEncoder(nn.Module):
         if tokens.is_floating_point():
             raise ValueError(
                 "a pretrained text encoder reads word ids, not token distributions: "
-                "model.caption_adversarial_weight needs the built-in text encoder"
+                "model.objective.caption_adversarial_weight needs the built-in text encoder"
             )
         if self.pieces.numel() == 0:
             raise RuntimeError("the pretrained text encoder has no caption vocabulary yet: call set_vocabulary()")
@@ -198,7 +198,7 @@ class PretrainedTextEncoder(nn.Module):
             raise TextSourceMismatch(
                 f"the pretrained text model at {self.folder} is not the one it was trained with (its files hash to "
                 f"{bytes(self.source_digest.tolist()).hex()[:12]}…, the trained model's to "
-                f"{bytes(saved_digest.tolist()).hex()[:12]}…): point model.text_encoder at the original folder"
+                f"{bytes(saved_digest.tolist()).hex()[:12]}…)"
             )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
