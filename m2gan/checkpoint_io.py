@@ -164,6 +164,19 @@ def check_resumable(path: str | os.PathLike, model: Any, tokenizer: CaptionToken
     check_text_sources(path, model, checkpoint["state_dict"])
 
 
+def load_module(cls: type, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """The ``M2GAN`` (``cls``) of a training checkpoint, in eval mode; bad files raise one :class:`CheckpointError`."""
+    checkpoint = read_checkpoint(path, map_location)
+    settings = saved_settings(path, checkpoint["hyper_parameters"])
+    model = valid_settings(path, lambda: cls(**vars(settings)))
+    try:
+        model.on_load_checkpoint(checkpoint)
+    except CheckpointMismatch as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    load_weights(path, model, checkpoint["state_dict"])  # renamed and completed by on_load_checkpoint
+    return model.to(map_location).eval()
+
+
 def valid_settings(source: str | os.PathLike, make: Callable[[], T]) -> T:
     """``make()``, with the errors of settings or a tokenizer it refuses (TypeError, ValueError,
     KeyError, AttributeError) as one CheckpointError."""

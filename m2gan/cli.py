@@ -22,7 +22,7 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch.utils.data import IterableDataset
 
-from m2gan.checkpoint_io import AtomicCheckpointIO
+from m2gan.checkpoint_io import AtomicCheckpointIO, CheckpointMismatch
 from m2gan.loggers import AutoWandbLogger, last_logged_step, run_dir
 
 USAGE = """\
@@ -221,7 +221,7 @@ class M2GANCLI(LightningCLI):
 
     def before_fit(self) -> None:
         if rank_zero_only.rank == 0 and not any(isinstance(c, ModelSummary) for c in self.trainer.callbacks):
-            print(f"model: {self.model.parameter_summary()}", file=sys.stderr)
+            print(f"model: {parameter_summary(self.model)}", file=sys.stderr)
 
     def after_fit(self) -> None:
         if self.trainer.global_step == 0 and not self.trainer.interrupted:
@@ -360,6 +360,13 @@ class M2GANCLI(LightningCLI):
         return trainer
 
 
+def parameter_summary(model) -> str:
+    """Each network's parameter count, in one line (Lightning's summary table counts FLOPs it cannot measure here)."""
+    counts = {name: sum(p.numel() for p in getattr(model, name).parameters())
+              for name in ("text_encoder", "generator", "discriminator", "captioner", "ema")}  # fmt: skip
+    return ", ".join(f"{name.replace('_', ' ')} {count / 1e6:.2f} M" for name, count in counts.items()) + " parameters"
+
+
 def upgraded_arguments(args: list[str], config_files: list[str]) -> list[str]:
     """``args`` with an earlier version's flat ``--model.<name>`` keys as today's nested ones (a note each).
 
@@ -417,7 +424,7 @@ def main(
     args = upgraded_arguments(args, config_files(default_config, args))
     quiet_known_noise()
     from m2gan.data import CaptionDataModule
-    from m2gan.model import M2GAN, CheckpointMismatch, CollapseError, DivergenceError
+    from m2gan.model import M2GAN, CollapseError, DivergenceError
 
     defaults = {"default_config_files": [default_config]}
     STARTED_RUNS.clear()

@@ -5,11 +5,7 @@ discriminator with its text encoder, which judges (image, text) pairs. One train
 discriminator step and, every ``n_critic`` batches, one step of generator and captioner together
 followed by an EMA update. What each step minimises is :class:`~m2gan.objective.GANObjective`'s;
 how the EMA networks sample is :class:`~m2gan.pipeline.SamplingPipeline`'s (``model.ema``).
-
-Lightning's ``global_step`` counts *optimizer* steps, so with ``n_critic=1`` one batch advances it
-by 2: ``--trainer.max_steps 2000`` means 1,000 batches. The default config therefore sets the run's
-length in batches through the epoch length (``data.train_size / data.batch_size``) and leaves
-``max_steps`` unset.
+Lightning's ``global_step`` counts *optimizer* steps: with ``n_critic=1`` one batch advances it by 2.
 """
 
 from __future__ import annotations
@@ -20,23 +16,9 @@ import os
 import pytorch_lightning as pl
 import torch
 
-from m2gan import rng
+from m2gan import checkpoint_io, rng
 from m2gan.batch import CaptionBatch, EvaluationBatch, PromptBatch
-from m2gan.checkpoint_io import (
-    RNG_KEY,
-    TOKENIZER_KEY,
-    WORD_PAIRS_KEY,
-    CheckpointError,
-    CheckpointMismatch,
-    check_generator_output,
-    check_resumable,
-    checkpoint_tokenizer,
-    load_weights,
-    read_checkpoint,
-    saved_settings,
-    upgrade_state_dict,
-    valid_settings,
-)
+from m2gan.checkpoint_io import RNG_KEY, TOKENIZER_KEY, WORD_PAIRS_KEY
 from m2gan.ema import ema_beta, update_ema
 from m2gan.negatives import WordPairs
 from m2gan.networks import Discriminator
@@ -177,7 +159,7 @@ class M2GAN(pl.LightningModule):
 
     def upgrade_state_dict(self, state_dict: dict) -> None:
         """Bring a state dict of an older M2GAN to today's names; counters it lacks start at zero."""
-        upgrade_state_dict(state_dict)
+        checkpoint_io.upgrade_state_dict(state_dict)
         for name in ("skipped_steps", "bad_run"):  # the divergence guard's, newer than some checkpoints
             state_dict.setdefault(name, torch.zeros_like(getattr(self, name)))
 
@@ -186,39 +168,21 @@ class M2GAN(pl.LightningModule):
         # Restored right before the next training batch, not now: Lightning draws from the global
         # RNG while it rebuilds the data loaders, which the uninterrupted run did at epoch start.
         self._rng_to_restore = checkpoint.get(RNG_KEY)
-        self.set_tokenizer(checkpoint_tokenizer(checkpoint, self.ema, self.tokenizer))
-        check_generator_output(checkpoint, self.settings)
+        self.set_tokenizer(checkpoint_io.checkpoint_tokenizer(checkpoint, self.ema, self.tokenizer))
+        checkpoint_io.check_generator_output(checkpoint, self.settings)
         if WORD_PAIRS_KEY in checkpoint:  # older checkpoints lack it: then the data module's
             self.objective.word_pairs = WordPairs.from_tensor(checkpoint[WORD_PAIRS_KEY])
 
     def check_checkpoint(self, path: str | os.PathLike, tokenizer: CaptionTokenizer | None = None) -> None:
         """Check, without loading it, that the checkpoint at ``path`` can resume or evaluate this module
         (:func:`~m2gan.checkpoint_io.check_resumable`)."""
-        check_resumable(path, self, tokenizer)
-
-    def parameter_summary(self) -> str:
-        """One line: each network's parameter count (Lightning's summary table counts FLOPs it cannot measure here)."""
-        counts = {name: sum(p.numel() for p in getattr(self, name).parameters())
-                  for name in ("text_encoder", "generator", "discriminator", "captioner", "ema")}  # fmt: skip
-        return ", ".join(f"{name.replace('_', ' ')} {count / 1e6:.2f} M" for name, count in counts.items()) + " parameters"
+        checkpoint_io.check_resumable(path, self, tokenizer)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> M2GAN:
-        """The whole training module of a checkpoint (all four networks, the counters), in eval mode.
-
-        To sample, :func:`m2gan.load` is lighter: it reads only the sampling pipeline. Checkpoints
-        are unpickled with ``weights_only=True`` only, and bad files raise one clear
-        :class:`~m2gan.checkpoint_io.CheckpointError`.
-        """
-        checkpoint = read_checkpoint(path, map_location)
-        settings = saved_settings(path, checkpoint["hyper_parameters"])
-        model = valid_settings(path, lambda: cls(**vars(settings)))
-        try:
-            model.on_load_checkpoint(checkpoint)
-        except CheckpointMismatch as error:
-            raise CheckpointError(f"{path}: {error}") from None
-        load_weights(path, model, checkpoint["state_dict"])  # renamed and completed by on_load_checkpoint
-        return model.to(map_location).eval()
+        """The whole training module of a checkpoint (all four networks, the counters), in eval mode
+        (:func:`~m2gan.checkpoint_io.load_module`; to sample, :func:`m2gan.load` reads only the pipeline)."""
+        return checkpoint_io.load_module(cls, path, map_location)
 
     def configure_optimizers(self):
         s = self.settings
