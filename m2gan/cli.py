@@ -11,6 +11,7 @@ import warnings
 
 import torch
 import yaml
+from jsonargparse import DefaultHelpFormatter
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from lightning_fabric.utilities.rank_zero import rank_zero_only
 from lightning_utilities.core import rank_zero
@@ -80,6 +81,23 @@ class OneLineParser(LightningArgumentParser):
         else:
             shown = " ".join(lines[:2])
         fail(f"{shown} ({self.prog.replace(' [options]', '')} --help lists the options)", 2)
+
+
+class CallbackNamesHelp(DefaultHelpFormatter):
+    """``--help`` that shows a default list of callbacks by their class names, not as nested Namespaces."""
+
+    def _expand_help(self, action) -> str:
+        text = super()._expand_help(action)
+        while (start := text.find("Namespace(class_path='")) >= 0:
+            depth, end = 0, start + len("Namespace")
+            while True:  # to the Namespace's closing parenthesis
+                depth += {"(": 1, ")": -1}.get(text[end], 0)
+                if depth == 0 or end == len(text) - 1:
+                    break
+                end += 1
+            name = text[start:].split("'", 2)[1]
+            text = text[:start] + name + text[end + 1 :]
+        return text
 
 
 class RunProgressBar(RichProgressBar):
@@ -362,9 +380,10 @@ class M2GANCLI(LightningCLI):
 
 def parameter_summary(model) -> str:
     """Each network's parameter count, in one line (Lightning's summary table counts FLOPs it cannot measure here)."""
-    counts = {name: sum(p.numel() for p in getattr(model, name).parameters())
-              for name in ("text_encoder", "generator", "discriminator", "captioner", "ema")}  # fmt: skip
-    return ", ".join(f"{name.replace('_', ' ')} {count / 1e6:.2f} M" for name, count in counts.items()) + " parameters"
+    parts = {"text encoder": model.text_encoder, "generator": model.generator, "discriminator": model.discriminator,
+             "captioner": model.captioner, "EMA copies": model.ema}  # fmt: skip
+    counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
+    return ", ".join(f"{name} {count / 1e6:.2f} M" for name, count in counts.items()) + " parameters"
 
 
 def upgraded_arguments(args: list[str], config_files: list[str]) -> list[str]:
@@ -435,7 +454,9 @@ def main(
                 CaptionDataModule,
                 save_config_callback=RunConfigSaver,
                 parser_class=OneLineParser,
-                parser_kwargs=dict.fromkeys(("fit", "validate", "test", "predict"), defaults),
+                # formatter_class: the subcommands' parsers take the main parser's
+                parser_kwargs={**dict.fromkeys(("fit", "validate", "test", "predict"), defaults),
+                               "formatter_class": CallbackNamesHelp},  # fmt: skip
                 args=args,
                 named_callbacks=named_callbacks,
             )

@@ -152,3 +152,13 @@ def test_print_config_with_comments_carries_each_options_help(tmp_path):
     assert lines[at - 1].startswith("    # Width of the generator's noise vector.")
     assert lines[lines.index("collapse:") - 1].startswith("# Every ``every_n_batches`` training batches, check")
     assert not list(tmp_path.iterdir()), "printing the config wrote files"
+
+
+def test_fit_help_names_the_callbacks_and_their_keys(tmp_path):
+    result = run_cli(["fit", "--help"], tmp_path)
+    assert result.returncode == 0
+    assert "Namespace(" not in result.stdout  # the default callbacks by class name, not as nested dumps
+    assert "default: [callbacks.ImageWriter," in " ".join(result.stdout.split())
+    for option in ("--collapse.stop", "--samples.every_n_batches", "--checkpoint.every_n_train_steps",
+                   "--model.objective.swap_weight", "--model.generator.g_channels"):  # fmt: skip
+        assert option in result.stdout, option
