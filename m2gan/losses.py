@@ -162,11 +162,20 @@ def word_region_similarity(
     return (cosine * keep).sum(-1) / keep.sum(-1).clamp_min(1.0)
 
 
-def matching_cross_entropy(similarity: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE of a (B, B) image-caption similarity matrix whose diagonal holds the pairs."""
+def matching_cross_entropy(
+    similarity: torch.Tensor, temperature: float, hard_negatives: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Symmetric InfoNCE of a (B, B) image-caption similarity matrix whose diagonal holds the pairs.
+
+    ``hard_negatives`` (B, K), if given, are more captions' similarities to each image (row ``i``
+    for image ``i``; ``-inf`` where there is none), ranked by the image's side only.
+    """
     logits = similarity / temperature
     targets = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+    text_to_image = F.cross_entropy(logits.t(), targets)
+    if hard_negatives is not None:
+        logits = torch.cat([logits, hard_negatives / temperature], dim=1)  # (B, B + K)
+    return 0.5 * (F.cross_entropy(logits, targets) + text_to_image)
 
 
 def r1_penalty(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

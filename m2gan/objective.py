@@ -66,6 +66,8 @@ class TextBatch(NamedTuple):
     caption loss is on)."""
     twins: Twins | None = None
     """The captions' binding twins (None unless a loss reads them)."""
+    twin_words: torch.Tensor | None = None
+    """(T, L, W) the twins' word features, detached (the word-region loss with twins only)."""
 
 
 class Twins(NamedTuple):
@@ -175,10 +177,12 @@ class GANObjective:
         if use_order:
             texts["paraphrase"] = paraphrase
         use_twin_negatives = twins is not None and cfg.twin_negative_weight > 0 and len(twins.rows) > 0
-        if use_order or use_twin_negatives:
+        use_region_twins = twins is not None and cfg.word_region_twins and len(twins.rows) > 0
+        if use_order or use_twin_negatives or use_region_twins:
             texts["twins"] = twins.tokens
         all_words, all_sentences = self.text_encoder(torch.cat(list(texts.values())))  # (N, L, W), (N, S)
-        sentences = dict(zip(texts, all_sentences.split([len(t) for t in texts.values()])))
+        sizes = [len(t) for t in texts.values()]
+        sentences = dict(zip(texts, all_sentences.split(sizes)))
         sentence, words, padding = sentences["caption"], all_words[:batch_size], tokens == PAD_ID
         with torch.no_grad():
             fake = self.generator(self.noise(batch_size, images.device), sentence.detach(), words.detach(), padding)
@@ -211,8 +215,8 @@ class GANObjective:
             loss = loss + cfg.contrastive_weight_d * contrastive
             logs["train/d_contrastive"] = contrastive.detach()
         if cfg.word_region_weight > 0:
-            similarity = losses.word_region_similarity(d.embed_words(words), padding, regions[:batch_size])
-            word_region = losses.matching_cross_entropy(similarity, cfg.contrastive_temperature)
+            twin_words = dict(zip(texts, all_words.split(sizes)))["twins"] if use_region_twins else None
+            word_region = self.word_region_loss(words, padding, regions[:batch_size], twins, twin_words)
             loss = loss + cfg.word_region_weight * word_region
             logs["train/d_word_region"] = word_region.detach()
         if use_order:  # the conditioning itself must tell a caption from its twins
@@ -241,8 +245,31 @@ class GANObjective:
             if use_twin_negatives:
                 logs["train/twin_acc"] = (real_logits[twins.rows] > twin_logits).float().mean()
         swapped_sentence = sentences["swapped"].detach() if use_swaps else None
-        text = TextBatch(tokens, sentence.detach(), words.detach(), padding, swapped_sentence, sampled_tokens, twins)
+        twin_words = dict(zip(texts, all_words.split(sizes)))["twins"].detach() if use_region_twins else None
+        text = TextBatch(tokens, sentence.detach(), words.detach(), padding, swapped_sentence, sampled_tokens, twins,
+                         twin_words)  # fmt: skip
         return Loss(loss, logs, text)
+
+    def word_region_loss(
+        self,
+        words: torch.Tensor,
+        padding: torch.Tensor,
+        regions: torch.Tensor,
+        twins: Twins | None = None,
+        twin_words: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The word-region matching loss of captions' word features ``words`` (B, L, W) and images'
+        ``regions`` (B, R, E); with ``twin_words`` (T, L, W), each image's binding twins are also
+        candidates it must rank below its own caption (words attend to regions: the head that can read binding)."""
+        d, temperature = self.discriminator, self.config.contrastive_temperature
+        similarity = losses.word_region_similarity(d.embed_words(words), padding, regions)  # (B, B)
+        if twin_words is None:
+            return losses.matching_cross_entropy(similarity, temperature)
+        twin_padding = twins.tokens == PAD_ID
+        # (T,): twin t against its own caption's image only (the diagonal of the (T, T) pairing).
+        twin_similarity = losses.word_region_similarity(d.embed_words(twin_words), twin_padding, regions[twins.rows])
+        per_row, mask = twins.per_row(twin_similarity.diagonal(), similarity.shape[0])  # (B, K)
+        return losses.matching_cross_entropy(similarity, temperature, per_row.masked_fill(~mask, float("-inf")))
 
     def generator_loss(self, images: torch.Tensor, text: TextBatch) -> Loss:
         """The generator's and captioner's loss for real ``images`` and the ``text`` of the D loss.
@@ -272,8 +299,8 @@ class GANObjective:
             loss = loss + cfg.contrastive_weight_g * contrastive
             logs["train/g_contrastive"] = contrastive.detach()
         if cfg.word_region_weight > 0:  # each word must be drawn where it can be found
-            similarity = losses.word_region_similarity(d.embed_words(text.words), text.padding, fake_regions)
-            word_region = losses.matching_cross_entropy(similarity, cfg.contrastive_temperature)
+            twin_words = text.twin_words if cfg.word_region_twins else None
+            word_region = self.word_region_loss(text.words, text.padding, fake_regions, text.twins, twin_words)
             loss = loss + cfg.word_region_weight * word_region
             logs["train/g_word_region"] = word_region.detach()
         twins = text.twins if text.twins is not None and len(text.twins.rows) else None

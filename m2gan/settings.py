@@ -173,6 +173,9 @@ class ObjectiveSettings:
             word of a caption attends over the discriminator's 4×4 regions of the image, and real
             pairs must match word by word better than the batch's other pairings; trained into the
             discriminator and text encoder on real images and into the generator on its own; 0 = off.
+        word_region_twins: Each image's binding twins are also candidates of the word-region loss
+            (for the critic on real images, for the generator on its own), ranked below the caption:
+            a head whose words attend to regions can see which word is drawn where.
         text_order_weight: Weight of the text-only contrastive loss trained into the text encoder:
             each caption's sentence vector must lie nearest another caption of the same image (a
             paraphrase) and apart from its binding twins (the same words bound otherwise) and the
@@ -214,6 +217,7 @@ class ObjectiveSettings:
     contrastive_weight_g: float = 1.0
     contrastive_temperature: float = 0.1
     word_region_weight: float = 0.0
+    word_region_twins: bool = False
     text_order_weight: float = 0.0
     caption_twin_weight: float = 0.0
     caption_preference_weight: float = 0.0
@@ -254,7 +258,7 @@ class ObjectiveSettings:
         """Whether a loss of the batch reads its captions' binding twins."""
         weights = (self.text_order_weight, self.twin_negative_weight, self.caption_twin_weight,
                    self.caption_preference_weight)  # fmt: skip
-        return any(weight > 0 for weight in weights)
+        return any(weight > 0 for weight in weights) or (self.word_region_twins and self.word_region_weight > 0)
 
     @property
     def has_gradient_penalty(self) -> bool:
@@ -431,6 +435,7 @@ class ModelSettings:
             (objective, "gp_interval", not objective.has_gradient_penalty, "no gradient penalty is applied"),
             (objective, "twin_margin", objective.caption_twin_weight <= 0 and objective.caption_preference_weight <= 0,
              "both twin hinges are off (caption_twin_weight, caption_preference_weight)"),
+            (objective, "word_region_twins", objective.word_region_weight <= 0, "the word-region loss is off"),
             (objective, "contrastive_temperature",
              not any(w > 0 for w in (objective.contrastive_weight_d, objective.contrastive_weight_g,
                                      objective.word_region_weight, objective.text_order_weight)),

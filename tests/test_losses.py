@@ -86,6 +86,20 @@ def test_word_region_similarity_matches_words_to_the_regions_that_show_them():
     assert matching_cross_entropy(similarity, 0.1) < matching_cross_entropy(similarity.flip(1), 0.1)
 
 
+def test_matching_cross_entropy_ranks_hard_negatives_on_the_image_side_only():
+    from m2gan.losses import matching_cross_entropy
+
+    similarity = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    plain = matching_cross_entropy(similarity, 1.0)
+    # Absent hard negatives (-inf) change nothing.
+    assert matching_cross_entropy(similarity, 1.0, torch.full((2, 1), float("-inf"))).item() == pytest.approx(plain.item())
+    # One hard negative as close as the caption for image 0: its image-side term is log(e + 1 + e) - 1.
+    hard = torch.tensor([[1.0], [float("-inf")]])
+    image_side = (math.log(2 * math.e + 1) - 1 + math.log(math.e + 1) - 1) / 2
+    text_side = math.log(math.e + 1) - 1
+    assert matching_cross_entropy(similarity, 1.0, hard).item() == pytest.approx(0.5 * (image_side + text_side))
+
+
 def test_likelihood_margin_pushes_only_pairs_closer_than_the_margin():
     own = torch.tensor([-3.0, -3.0, -3.0], requires_grad=True)
     twin = torch.tensor([-10.0, -3.5, -2.0])  # 7 nats apart (met), 0.5 apart, the twin likelier

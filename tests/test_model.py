@@ -607,3 +607,28 @@ def test_twin_negatives_score_each_real_image_against_every_twin_of_its_caption(
     assert loss.logs["train/d_adv"] == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match="twin_negative_weight must not be negative"):
         model_of(twin_negative_weight=-1.0)
+
+
+def test_twins_in_the_word_region_loss_are_candidates_for_critic_and_generator(datamodule):
+    """With word_region_twins each image also ranks its caption's twins: the term grows on both sides
+    (more candidates), and on the generator's side it still trains only the generator."""
+    import dataclasses
+
+    model = model_of(
+        vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, word_region_weight=1.0, **TINY_MODEL
+    )
+    images, tokens = _two_object_batch(datamodule, model)
+    values = {}
+    for on in (False, True):
+        model.objective.config = dataclasses.replace(model.objective.config, word_region_twins=on)
+        torch.manual_seed(0)
+        d_loss = model.objective.discriminator_loss(images, tokens, penalty=False)
+        assert (d_loss.text.twin_words is not None) == on
+        torch.manual_seed(1)
+        values[on] = (d_loss.logs["train/d_word_region"], model.objective.generator_loss(images, d_loss.text).logs)
+    assert values[True][0] > values[False][0]
+    assert values[True][1]["train/g_word_region"] > values[False][1]["train/g_word_region"]
+    logs, with_term, without = _gradients_with_and_without(model, images, tokens, word_region_twins=True)
+    assert _changed(with_term, without, "generator.")  # the critic judges here; the G step does not move it
+    for player in ("text_encoder.", "captioner.", "ema."):
+        assert not _changed(with_term, without, player), player
