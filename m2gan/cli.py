@@ -122,17 +122,18 @@ def fail(message: str, status: int = 1) -> None:
 
 
 def discard_failed_runs() -> None:
-    """Remove what a run that failed before writing anything left behind.
+    """Remove what a run that failed before training or writing anything left behind.
 
     A run folder holding nothing but its ``config.yaml`` goes, with the run's W&B files if it was
-    offline (an online run is marked failed: W&B keeps its own record). A folder holding anything
-    else (a checkpoint, samples) is kept, and so is its W&B run.
+    offline (an online run is marked failed: W&B keeps its own record). A run that trained a batch
+    (stopped later, e.g. by the collapse alarm or the divergence guard) or wrote anything else is
+    kept with its W&B run: they hold the evidence of what went wrong.
     """
     while STARTED_RUNS:
         trainer = STARTED_RUNS.pop()
         folder = run_dir(trainer)
         files = [os.path.join(d, f) for d, _, names in os.walk(folder) for f in names] if os.path.isdir(folder) else []
-        if any(os.path.basename(f) != "config.yaml" for f in files):
+        if trainer.global_step > 0 or any(os.path.basename(f) != "config.yaml" for f in files):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         logger = trainer.logger

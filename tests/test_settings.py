@@ -166,6 +166,17 @@ def test_a_bad_callback_or_model_value_is_one_line_and_leaves_nothing(tmp_path, 
     assert leftovers(tmp_path) == []
 
 
+def test_a_run_stopped_by_the_collapse_alarm_keeps_its_folder(tmp_path):
+    # A threshold of 0.99 calls any tiny model at batch 2 collapsed: the stop is what is tested.
+    args = ["--collapse.stop=true", "--collapse.every_n_batches=2", "--collapse.threshold=0.99"]
+    result = run_cli(["fit", *TINY, "--trainer.max_steps=8", "--trainer.limit_val_batches=0", *args], tmp_path)
+    assert result.returncode == 1
+    assert re.search(r"^error: collapse alarm at batch 2: .*stopped", result.stderr, re.M), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    (folder,) = tmp_path.glob("runs/m2gan/*")
+    assert (folder / "config.yaml").is_file() and not list(folder.glob("checkpoints/*.ckpt"))  # nothing saved yet
+
+
 def test_the_progress_bar_of_an_uncapped_run_reads_its_epoch_alone():
     bar = RunProgressBar()
     bar._trainer = SimpleNamespace(max_epochs=-1)
