@@ -10,7 +10,8 @@ One batch gives two losses:
   another sample's caption), (real image, its caption with one word swapped or, if on, two of its
   words exchanged), (real image, a caption the captioner sampled), if on (real image, each of its
   caption's binding twins) — plus the image–text
-  contrastive loss, the word-region matching loss if on, the text-order loss if on (captions near
+  contrastive loss, the word-region matching loss if on (with the binding twins among its
+  candidates if on), the text-order loss if on (captions near
   their paraphrases, away from their binding twins: text only), and, on penalty batches, the lazy
   gradient penalty;
 * :meth:`GANObjective.generator_loss`, minimised by the generator and the captioner: adversarial,
@@ -184,6 +185,7 @@ class GANObjective:
         sizes = [len(t) for t in texts.values()]
         sentences = dict(zip(texts, all_sentences.split(sizes)))
         sentence, words, padding = sentences["caption"], all_words[:batch_size], tokens == PAD_ID
+        twin_words = dict(zip(texts, all_words.split(sizes)))["twins"] if use_region_twins else None  # (T, L, W)
         with torch.no_grad():
             fake = self.generator(self.noise(batch_size, images.device), sentence.detach(), words.detach(), padding)
         if penalty:
@@ -215,7 +217,6 @@ class GANObjective:
             loss = loss + cfg.contrastive_weight_d * contrastive
             logs["train/d_contrastive"] = contrastive.detach()
         if cfg.word_region_weight > 0:
-            twin_words = dict(zip(texts, all_words.split(sizes)))["twins"] if use_region_twins else None
             word_region = self.word_region_loss(words, padding, regions[:batch_size], twins, twin_words)
             loss = loss + cfg.word_region_weight * word_region
             logs["train/d_word_region"] = word_region.detach()
@@ -245,7 +246,7 @@ class GANObjective:
             if use_twin_negatives:
                 logs["train/twin_acc"] = (real_logits[twins.rows] > twin_logits).float().mean()
         swapped_sentence = sentences["swapped"].detach() if use_swaps else None
-        twin_words = dict(zip(texts, all_words.split(sizes)))["twins"].detach() if use_region_twins else None
+        twin_words = twin_words.detach() if twin_words is not None else None
         text = TextBatch(tokens, sentence.detach(), words.detach(), padding, swapped_sentence, sampled_tokens, twins,
                          twin_words)  # fmt: skip
         return Loss(loss, logs, text)
