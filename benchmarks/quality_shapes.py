@@ -358,13 +358,14 @@ def main() -> None:
           + ", ".join(f"{kind} {false:.1%}" for kind, (_, false) in twins.items()))  # fmt: skip
     print("who reads binding, per twin kind (attribute / noun / relation): D = critic ranks own caption above "
           "twin; cos = caption-twin sentence cosine; dist = caption-twin distance over another caption's; "
-          "C real / C fake = EMA captioner finds own caption likelier than twin on the real / generated image")
+          "C real / C fake = EMA captioner finds own caption likelier than twin on the real / generated image; "
+          "R real / R fake = the critic's word-region head (if on) matches own caption better than twin")
     print(f"{'variant':<12} {'minutes':>7} " + " ".join(f"{label:>20}" for label in
-          ("D", "cos", "dist", "C real", "C fake")))  # fmt: skip
+          ("D", "cos", "dist", "C real", "C fake", "R real", "R fake")))  # fmt: skip
     for row in rows:
         b = row["binding"]
         cells = []
-        for meter, percent in zip(BINDING_METERS, (True, False, False, True, True)):
+        for meter, percent in zip(BINDING_METERS, (True, False, False, True, True, True, True)):
             values = [b[f"{meter}/{kind}"] for kind in TWIN_KINDS]
             cells.append(" / ".join(f"{100 * v:.0f}" if percent else f"{v:.2f}" for v in values))
         print(f"{row['variant']:<12} {row['budget']:>7g} " + " ".join(f"{c:>20}" for c in cells))
@@ -557,7 +558,8 @@ def pair_caption_accuracy(model, pairs: ShapesDataset, indices: list[int]) -> fl
     return right / len(captions)
 
 
-BINDING_METERS = ("binding_acc", "twin_cosine", "twin_distance", "caption_binding", "caption_binding_fake")
+BINDING_METERS = ("binding_acc", "twin_cosine", "twin_distance", "caption_binding", "caption_binding_fake",
+                  "region_binding", "region_binding_fake")  # fmt: skip
 
 
 @torch.no_grad()

@@ -153,12 +153,20 @@ def word_region_similarity(
     Returns:
         (B, B) similarities in [-1, 1]: row ``i`` an image, column ``j`` a caption.
     """
+    # Every caption j against every image i: broadcast (1, Bj, L, E) words against (Bi, 1, R, E) regions.
+    return paired_word_region_similarity(words.unsqueeze(0), padding.unsqueeze(0), regions.unsqueeze(1), sharpness)
+
+
+def paired_word_region_similarity(
+    words: torch.Tensor, padding: torch.Tensor, regions: torch.Tensor, sharpness: float = 5.0
+) -> torch.Tensor:
+    """:func:`word_region_similarity` of caption ``b`` and image ``b`` only: (B,) from words (B, L, E),
+    padding (B, L) and regions (B, R, E) (any leading dimensions that broadcast)."""
     w = F.normalize(words, dim=-1)
     r = F.normalize(regions, dim=-1)
-    attention = (sharpness * torch.einsum("jle,ire->ijlr", w, r)).softmax(dim=-1)  # (Bi, Bj, L, R)
-    attended = torch.einsum("ijlr,ire->ijle", attention, r)  # (Bi, Bj, L, E)
-    cosine = F.cosine_similarity(attended, w.unsqueeze(0), dim=-1)  # (Bi, Bj, L)
-    keep = (~padding).to(cosine.dtype).unsqueeze(0)  # (1, Bj, L)
+    attention = (sharpness * w @ r.transpose(-1, -2)).softmax(dim=-1)  # (..., L, R)
+    cosine = F.cosine_similarity(attention @ r, w, dim=-1)  # (..., L): each word against the regions it chose
+    keep = (~padding).to(cosine.dtype)
     return (cosine * keep).sum(-1) / keep.sum(-1).clamp_min(1.0)
 
 

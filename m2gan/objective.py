@@ -266,10 +266,11 @@ class GANObjective:
         similarity = losses.word_region_similarity(d.embed_words(words), padding, regions)  # (B, B)
         if twin_words is None:
             return losses.matching_cross_entropy(similarity, temperature)
-        twin_padding = twins.tokens == PAD_ID
-        # (T,): twin t against its own caption's image only (the diagonal of the (T, T) pairing).
-        twin_similarity = losses.word_region_similarity(d.embed_words(twin_words), twin_padding, regions[twins.rows])
-        per_row, mask = twins.per_row(twin_similarity.diagonal(), similarity.shape[0])  # (B, K)
+        # (T,): twin t against its own caption's image only.
+        twin_similarity = losses.paired_word_region_similarity(
+            d.embed_words(twin_words), twins.tokens == PAD_ID, regions[twins.rows]
+        )
+        per_row, mask = twins.per_row(twin_similarity, similarity.shape[0])  # (B, K)
         return losses.matching_cross_entropy(similarity, temperature, per_row.masked_fill(~mask, float("-inf")))
 
     def generator_loss(self, images: torch.Tensor, text: TextBatch) -> Loss:
@@ -389,7 +390,10 @@ class GANObjective:
         * ``caption_binding/<kind>``: how often ``captioner`` (default: the trained one) finds the
           own caption likelier than the twin given the real image (ties half);
         * ``caption_binding_fake/<kind>``: the same given ``fake`` (B, 3, H, W), images drawn for
-          ``tokens``, when given: whether the drawings read as their caption rather than its twin.
+          ``tokens``, when given: whether the drawings read as their caption rather than its twin;
+        * ``region_binding/<kind>`` and ``region_binding_fake/<kind>``, with a word-region head: how
+          often its word-by-region similarity ranks the caption above the twin, on the real images and
+          on ``fake``.
 
         Returns:
             ``{name: (mean over the rows with a twin, number of those rows)}``; kinds no row has are left out.
@@ -400,18 +404,30 @@ class GANObjective:
         if not kinds:
             return {}
         texts = torch.cat([tokens, *(twins[kind][0] for kind in kinds)])
-        _, sentences = self.text_encoder(texts)  # ((1 + K) * B, S)
-        sentences = sentences.split(tokens.shape[0])
-        real = d.features(images)
+        all_words, sentences = self.text_encoder(texts)  # ((1 + K) * B, L, W), ((1 + K) * B, S)
+        sentences, all_words = sentences.split(tokens.shape[0]), all_words.split(tokens.shape[0])
+        (real, regions), fake_regions = d.features_and_regions(images), None
+        if d.has_regions and fake is not None:
+            fake_regions = d.features_and_regions(fake)[1]
         own_logits = d.score(real, d.embed_text(sentences[0]))  # (B,)
         other = (sentences[0] - sentences[0].roll(1, 0)).norm(dim=1)  # (B,) distance to another caption
         memories = {"caption_binding": captioner.encode(images)}
         if fake is not None:
             memories["caption_binding_fake"] = captioner.encode(fake)
         metrics = {}
-        for kind, sentence in zip(kinds, sentences[1:]):
+
+        def region_match(words: torch.Tensor, text: torch.Tensor, image_regions: torch.Tensor) -> torch.Tensor:
+            """(B,) word-region similarity of each caption (row of ``text``) to its own image only."""
+            return losses.paired_word_region_similarity(d.embed_words(words), text == PAD_ID, image_regions)
+
+        region_sets = {"region_binding": regions, "region_binding_fake": fake_regions} if d.has_regions else {}
+        own_regions = {name: region_match(all_words[0], tokens, r) for name, r in region_sets.items() if r is not None}
+        for k, (kind, sentence) in enumerate(zip(kinds, sentences[1:]), 1):
             found = twins[kind][1]
             count = int(found.sum())
+            for name, own in own_regions.items():
+                twin = region_match(all_words[k], twins[kind][0], region_sets[name])
+                metrics[f"{name}/{kind}"] = (wins(own, twin)[found].mean(), count)
             twin_logits = d.score(real, d.embed_text(sentence))
             metrics[f"binding_acc/{kind}"] = (wins(own_logits, twin_logits)[found].mean(), count)
             metrics[f"twin_cosine/{kind}"] = (F.cosine_similarity(sentences[0], sentence, dim=1)[found].mean(), count)

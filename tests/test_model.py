@@ -364,7 +364,8 @@ def test_binding_negatives_reach_the_discriminator_as_swapped_captions(datamodul
 
 
 class _CaptionHashText(torch.nn.Module):
-    """Stand-in text encoder: the sentence vector one-hot encodes the caption, in order or as a bag of words."""
+    """Stand-in text encoder: the sentence vector one-hot encodes the caption, in order or as a bag of
+    words; each word's feature one-hot encodes the word with its place (in order) or alone (a bag)."""
 
     def __init__(self, ordered: bool) -> None:
         super().__init__()
@@ -374,17 +375,31 @@ class _CaptionHashText(torch.nn.Module):
         rows = tokens.tolist() if self.ordered else [sorted(row) for row in tokens.tolist()]
         sentence = torch.zeros(len(rows), 997)
         sentence[torch.arange(len(rows)), torch.tensor([hash(tuple(row)) % 997 for row in rows])] = 1.0
-        return torch.zeros(len(rows), tokens.shape[1], 4), sentence
+        codes = [[hash((t, i) if self.ordered else t) % 251 for i, t in enumerate(row)] for row in tokens.tolist()]
+        return torch.nn.functional.one_hot(torch.tensor(codes), 251).float(), sentence  # (B, L, 251), (B, 997)
 
 
 class _CaptionReader(torch.nn.Module):
-    """Stand-in critic: each image carries its caption's sentence vector; it scores their agreement."""
+    """Stand-in critic: each image carries its caption's sentence vector; it scores their agreement. Its
+    word-region head sees the caption's words, read by ``text`` (as ``text`` reads words), as the regions."""
+
+    has_regions = True
+
+    def __init__(self, text: _CaptionHashText) -> None:
+        super().__init__()
+        self.text = text
 
     def features(self, images):
         return images.flatten(1)[:, :997], torch.zeros(images.shape[0])
 
+    def features_and_regions(self, images):
+        return self.features(images), self.text(images.flatten(1)[:, 997:].round().long())[0]
+
     def embed_text(self, sentence):
         return sentence
+
+    def embed_words(self, words):
+        return words
 
     score = staticmethod(__import__("m2gan.networks", fromlist=["Discriminator"]).Discriminator.score)
 
@@ -415,7 +430,8 @@ def test_binding_meters_are_one_for_models_that_bind_and_half_for_bags_of_words(
 
     model = model_of(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, **TINY_MODEL)
     objective = model.objective
-    objective.text_encoder, objective.discriminator = _CaptionHashText(ordered), _CaptionReader()
+    objective.text_encoder = _CaptionHashText(ordered)
+    objective.discriminator = _CaptionReader(objective.text_encoder)
     captions = [
         "a small red circle left of a large blue square", "a large green triangle above a small cyan cross",
         "a small red circle at the left",
@@ -436,7 +452,8 @@ def test_binding_meters_are_one_for_models_that_bind_and_half_for_bags_of_words(
     images = torch.cat([_CaptionHashText(ordered=True)(tokens)[1], tokens.float()], 1).reshape(3, 1, 1, -1)
     captioner = _StandInCaptioner(ordered, datamodule.vocab_size)
     metrics = objective.binding_metrics(images, tokens, captioner, fake=images)
-    meters = ("binding_acc", "twin_cosine", "twin_distance", "caption_binding", "caption_binding_fake")
+    meters = ("binding_acc", "twin_cosine", "twin_distance", "caption_binding", "caption_binding_fake",
+              "region_binding", "region_binding_fake")  # fmt: skip
     assert set(metrics) == {f"{what}/{kind}" for what in meters for kind in TWIN_KINDS}
     for kind in TWIN_KINDS:
         assert metrics[f"binding_acc/{kind}"] == (pytest.approx(accuracy), 2)  # the one-object caption has none
@@ -445,6 +462,8 @@ def test_binding_meters_are_one_for_models_that_bind_and_half_for_bags_of_words(
         assert metrics[f"twin_distance/{kind}"] == (pytest.approx(distance), 2)
         assert metrics[f"caption_binding/{kind}"] == (pytest.approx(accuracy), 2)
         assert metrics[f"caption_binding_fake/{kind}"] == (pytest.approx(accuracy), 2)
+        assert metrics[f"region_binding/{kind}"] == (pytest.approx(accuracy), 2)  # words in their place, or a bag
+        assert metrics[f"region_binding_fake/{kind}"] == (pytest.approx(accuracy), 2)
 
 
 def test_the_corpus_word_pairs_travel_in_the_checkpoint(datamodule, tiny_model, tmp_path):
