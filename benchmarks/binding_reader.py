@@ -11,7 +11,10 @@ the drawings:
   its binding twin given the drawing; and the same on the real images (its ceiling).
 
 Printed: one row per checkpoint, and whether the reader's mean over kinds orders the checkpoints
-as the judge does (the test a meter without ground truth must pass).
+as the judge does (the test a meter without ground truth must pass). For training checkpoints, also
+the model's own critic on the same scenes, per kind: the projection head (``val/binding_acc``) on
+the real images, and the word-region head, if on (``val/region_binding``, ``val/region_binding_fake``),
+on the real images and the drawings: does a critic head read binding, and do the drawings show it?
 
     python benchmarks/binding_reader.py runs/a/last.ckpt runs/b/last.ckpt --seed 0
     python benchmarks/binding_reader.py --quick           # a smoke run: tiny reader, 60 captions, an untrained model
@@ -81,9 +84,31 @@ def main() -> None:
         judged.append(accuracy(judge, drawn, labels)["all"])
         read.append(mean)
         print(f"{path[-60:]:<60} {judged[-1]:>9.1%} {_kinds(preference):>36} {mean:>6.1%}")
+        if os.path.isfile(path):
+            heads = critic_heads(M2GAN.load(path), real, drawn, captions)
+            print(f"{'':<60} critic: " + "; ".join(f"{name} {_kinds(value)}" for name, value in heads.items()))
     pairs_ordered = [(i, j) for i in range(len(judged)) for j in range(i + 1, len(judged)) if judged[i] != judged[j]]
     agree = sum((judged[i] - judged[j]) * (read[i] - read[j]) > 0 for i, j in pairs_ordered)
     print(f"\nreader orders the checkpoints as the judge does: {agree} of {len(pairs_ordered)} pairs")
+
+
+@torch.no_grad()
+def critic_heads(model: M2GAN, real: torch.Tensor, drawn: torch.Tensor, captions: list[str]) -> dict:
+    """The model's binding meters of its critic heads over the scenes, per kind (in chunks of 250)."""
+    totals: dict[str, list[float]] = {}
+    for i in range(0, len(captions), 250):
+        tokens = model.tokenizer.encode(captions[i : i + 250])
+        fake = drawn[i : i + 250].float() / 127.5 - 1
+        for name, (value, count) in model.objective.binding_metrics(real[i : i + 250], tokens, fake=fake).items():
+            if name.startswith(("binding_acc", "region_binding")):
+                total = totals.setdefault(name, [0.0, 0])
+                total[0], total[1] = total[0] + float(value) * count, total[1] + count
+    heads: dict[str, dict] = {}
+    for name, (total, count) in totals.items():
+        head, kind = name.split("/")
+        heads.setdefault({"binding_acc": "D real", "region_binding": "R real"}.get(head, "R drawn"), {})[kind] = (
+            total / max(count, 1), count)
+    return heads
 
 
 def _untrained(data: CaptionDataModule):
