@@ -131,11 +131,12 @@ def checkpoint_tokenizer(
     return saved
 
 
-def check_generator_output(checkpoint: dict, settings: ModelSettings) -> None:
-    """The checkpoint's generator must end as ``settings``' does: the same weights draw other images otherwise."""
+def check_generator_output(checkpoint: dict, settings: ModelSettings, source: str | os.PathLike = "checkpoint") -> None:
+    """The checkpoint's generator must end as ``settings``' does: the same weights draw other images otherwise.
+    ``source`` names the checkpoint in the error of settings it cannot read."""
     if "hyper_parameters" not in checkpoint:  # not one of Lightning's: nothing to compare with
         return
-    saved = saved_settings("checkpoint", checkpoint["hyper_parameters"]).generator.generator_output
+    saved = saved_settings(source, checkpoint["hyper_parameters"]).generator.generator_output
     if saved != settings.generator.generator_output:
         raise CheckpointMismatch(
             f"the checkpoint's generator ends in {saved}, this model's in {settings.generator.generator_output}: "
@@ -156,7 +157,7 @@ def check_resumable(path: str | os.PathLike, model: Any, tokenizer: CaptionToken
     checkpoint = read_checkpoint(path)
     try:  # the tokenizer first: when the data differs, that is the clearer reason
         checkpoint_tokenizer(checkpoint, model.ema, tokenizer)
-        check_generator_output(checkpoint, model.settings)
+        check_generator_output(checkpoint, model.settings, path)
     except CheckpointMismatch as error:
         raise CheckpointError(f"{path}: {error}") from None
     model.upgrade_state_dict(checkpoint["state_dict"])

@@ -23,7 +23,13 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch.utils.data import IterableDataset
 
-from m2gan.checkpoint_io import AtomicCheckpointIO, CheckpointMismatch
+from m2gan.checkpoint_io import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    CheckpointMismatch,
+    TextSourceError,
+    read_checkpoint,
+)
 from m2gan.loggers import AutoWandbLogger, last_logged_step, run_dir
 
 USAGE = """\
@@ -224,8 +230,6 @@ class M2GANCLI(LightningCLI):
         config = self.config.get(self.config.get("subcommand") or "", {}) or {}
         path = config.get("ckpt_path") if hasattr(config, "get") else None
         if path and os.path.isfile(path):
-            from m2gan.checkpoint_io import CheckpointError, read_checkpoint
-
             try:
                 read_checkpoint(path)
             except CheckpointError as error:
@@ -251,8 +255,6 @@ class M2GANCLI(LightningCLI):
         path = self.config_init[self.subcommand].get("ckpt_path")
         if path is None or path in LIGHTNING_CHECKPOINT_NAMES:
             return
-        from m2gan.checkpoint_io import CheckpointError, TextSourceError
-
         try:
             self.model.check_checkpoint(path, getattr(self.datamodule, "tokenizer", None))
         except TextSourceError as error:
@@ -323,8 +325,6 @@ class M2GANCLI(LightningCLI):
         project = os.path.abspath(os.path.join(logger.save_dir, str(logger.name)))
         if os.path.basename(checkpoints) != "checkpoints" or os.path.dirname(run_folder) != project:
             return
-        from m2gan.checkpoint_io import read_checkpoint
-
         batches = int(read_checkpoint(path).get("state_dict", {}).get("d_steps", 0))
         run_id, logged = os.path.basename(run_folder), last_logged_step(run_folder)
         if batches < logged:

@@ -316,15 +316,18 @@ class SettingsError(ValueError):
     """Saved or given settings this version cannot read (the message names the key)."""
 
 
-def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Flat settings (``{"swap_weight": 0.5, ...}``, as earlier versions had them) as nested tables."""
+def nest(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings given by their own names (``{"swap_weight": 0.5}``, as earlier versions saved them) and
+    group tables (``{"objective": {...}}``), in any mix, as nested tables; later entries win."""
     nested: dict[str, Any] = {}
-    for name, value in flat.items():
+    for name, value in settings.items():
         if name in GROUP_OF:
             nested.setdefault(GROUP_OF[name], {})[name] = value
-        elif name in GROUPS and isinstance(value, Mapping):
+        elif name in GROUPS:
+            if not isinstance(value, Mapping):
+                raise SettingsError(f"model.{name} is not a table of settings")
             nested[name] = {**nested.get(name, {}), **value}
-        elif name in TOP_LEVEL or name in GROUPS:
+        elif name in TOP_LEVEL:
             nested[name] = value
         else:
             raise SettingsError(f"unknown model setting {name!r}")
@@ -334,13 +337,7 @@ def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
 def overridden(nested: Mapping[str, Any], **flat: Any) -> dict[str, Any]:
     """Nested settings tables (a config's ``model:``) with some settings changed, given by their own
     names: ``overridden(config["model"], swap_weight=0, vocab_size=40)``."""
-    merged = {key: dict(value) if isinstance(value, Mapping) else value for key, value in nested.items()}
-    for key, value in nest(flat).items():
-        if isinstance(value, dict):
-            merged[key] = {**merged.get(key, {}), **value}
-        else:
-            merged[key] = value
-    return merged
+    return nest({**nested, **flat})
 
 
 def new_key(name: str) -> str | None:
@@ -404,16 +401,9 @@ class ModelSettings:
         Raises:
             SettingsError: a key no version had (a newer or a different M2GAN wrote it).
         """
-        saved = {k: v for k, v in saved.items() if not k.startswith("_")}
-        flat = {k: v for k, v in saved.items() if k not in GROUPS}
-        nested = nest(flat)
-        for group in GROUPS:
-            table = saved.get(group, {})
-            if not isinstance(table, Mapping):
-                raise SettingsError(f"model.{group} is not a table of settings")
-            table = {**nested.get(group, {}), **table}
-            earlier = {k: v for k, v in EARLIER_DEFAULTS.items() if GROUP_OF[k] == group and k not in table}
-            nested[group] = {**earlier, **table}
+        nested = nest({k: v for k, v in saved.items() if not k.startswith("_")})
+        for name, value in EARLIER_DEFAULTS.items():
+            nested.setdefault(GROUP_OF[name], {}).setdefault(name, value)
         return cls(**nested)
 
     def ignored(self) -> list[str]:
@@ -421,35 +411,33 @@ class ModelSettings:
         text, objective = self.text, self.objective
         pretrained = text.text_encoder is not None
         rules = [
-            (text, "text_position_std", pretrained or text.text_architecture != "transformer",
+            ("text_position_std", pretrained or text.text_architecture != "transformer",
              "it initialises only the built-in transformer's position embeddings"),
-            (text, "text_layers", pretrained, "a pretrained text encoder (model.text.text_encoder) has its own layers"),
-            (text, "text_architecture", pretrained, "model.text.text_encoder replaces the built-in encoder"),
-            (text, "lr_text_encoder", not text.text_encoder_trainable,
+            ("text_layers", pretrained, "a pretrained text encoder (model.text.text_encoder) has its own layers"),
+            ("text_architecture", pretrained, "model.text.text_encoder replaces the built-in encoder"),
+            ("lr_text_encoder", not text.text_encoder_trainable,
              "the pretrained text encoder is frozen (model.text.text_encoder_trainable is false)"),
-            (objective, "caption_temperature", objective.caption_adversarial_weight <= 0,
+            ("caption_temperature", objective.caption_adversarial_weight <= 0,
              "it relaxes sampled captions for the adversarial caption loss, which is off"),
-            (objective, "caption_label_smoothing", objective.caption_weight <= 0,
+            ("caption_label_smoothing", objective.caption_weight <= 0,
              "the captioner's cross-entropy is off (model.objective.caption_weight 0)"),
-            (objective, "gp_weight", objective.gradient_penalty == "none", "model.objective.gradient_penalty is none"),
-            (objective, "gp_interval", not objective.has_gradient_penalty, "no gradient penalty is applied"),
-            (objective, "twin_margin", objective.caption_twin_weight <= 0 and objective.caption_preference_weight <= 0,
+            ("gp_weight", objective.gradient_penalty == "none", "model.objective.gradient_penalty is none"),
+            ("gp_interval", not objective.has_gradient_penalty, "no gradient penalty is applied"),
+            ("twin_margin", objective.caption_twin_weight <= 0 and objective.caption_preference_weight <= 0,
              "both twin hinges are off (caption_twin_weight, caption_preference_weight)"),
-            (objective, "word_region_twins", objective.word_region_weight <= 0, "the word-region loss is off"),
-            (objective, "contrastive_temperature",
+            ("word_region_twins", objective.word_region_weight <= 0, "the word-region loss is off"),
+            ("contrastive_temperature",
              not any(w > 0 for w in (objective.contrastive_weight_d, objective.contrastive_weight_g,
                                      objective.word_region_weight, objective.text_order_weight)),
              "no contrastive loss is on (contrastive_weight_d/_g, word_region_weight, text_order_weight)"),
         ]  # fmt: skip
         lines = []
-        for group, name, ineffective, why in rules:
-            default = type(group).__dataclass_fields__[name].default
-            if ineffective and getattr(group, name) != default:
-                lines.append(f"model.{self._group_name(group)}.{name} has no effect: {why}")
+        for name, ineffective, why in rules:
+            group = GROUP_OF[name]
+            default = GROUPS[group].__dataclass_fields__[name].default
+            if ineffective and getattr(getattr(self, group), name) != default:
+                lines.append(f"model.{group}.{name} has no effect: {why}")
         return lines
-
-    def _group_name(self, group: object) -> str:
-        return next(name for name in GROUPS if getattr(self, name) is group)
 
     def replace(self, **groups: Mapping[str, Any]) -> ModelSettings:
         """These settings with some fields of some groups changed: ``replace(objective={"swap_weight": 0})``."""

@@ -133,7 +133,7 @@ def test_a_data_setting_its_format_does_not_read_is_named(settings, warned):
     assert [line.split()[0] for line in lines] == [f"data.{name}" for name in warned]
 
 
-def test_ignored_settings_warn_once_and_callbacks_are_tuned_by_name(tmp_path):
+def test_ignored_settings_warn_once_and_callbacks_are_tuned_by_name(tmp_path, monkeypatch):
     import train
 
     args = ["fit", *TINY, "--trainer.max_steps=2", "--model.text.text_position_std=0.5", "--data.flip=true",
@@ -143,7 +143,8 @@ def test_ignored_settings_warn_once_and_callbacks_are_tuned_by_name(tmp_path):
     for setting in ("model.text.text_position_std", "data.flip"):
         assert result.stderr.count(f"warning: {setting} has no effect") == 1, result.stderr
     # The same arguments in Python: the alarm every run has carries the values given by its name.
-    cli = train.cli([*args, f"--trainer.default_root_dir={tmp_path}"])
+    monkeypatch.chdir(tmp_path)  # its run folder goes where run_cli's went
+    cli = train.cli(args)
     (alarm,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "CollapseAlarm"]
     assert alarm.stop is True and alarm.every_n_batches == 7
 
