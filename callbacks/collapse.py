@@ -1,4 +1,5 @@
-"""Say so when the generator collapses: black, flat or identical images, however healthy the losses look."""
+"""Say so when the generator collapses: black, flat or identical images, or images that ignore their
+prompts, however healthy the losses look."""
 
 from __future__ import annotations
 
@@ -29,6 +30,26 @@ def image_statistics(images: torch.Tensor) -> dict[str, float]:
     }
 
 
+def prompt_dependence(images: torch.Tensor, num_prompts: int) -> float:
+    """How much more images of different prompts differ than images of one prompt: the ANOVA F ratio.
+
+    ``images`` (P * N, 3, H, W) hold N drawings (different noise) of each of P prompts, prompt-major.
+    Per pixel, N times the variance of the P prompt means over the mean variance within a prompt,
+    averaged over pixels. A generator whose images do not depend on the prompt scores about 1 (the
+    means of N draws of one distribution vary by 1/N of its variance), and 0 when every prompt gets
+    the same N images; one that follows its prompts scores well above. Returns ``inf`` when the
+    images of each prompt are identical but the prompts' differ.
+    """
+    pixels = (images if images.dtype == torch.uint8 else to_uint8(images)).float() / 255
+    per_prompt = pixels.view(num_prompts, -1, pixels[0].numel())  # (P, N, 3 * H * W)
+    images_per_prompt = per_prompt.shape[1]
+    within = per_prompt.var(dim=1).mean()
+    between = per_prompt.mean(dim=1).var(dim=0).mean()
+    if within == 0:
+        return float("inf") if between > 0 else 0.0
+    return (images_per_prompt * between / within).item()
+
+
 class CollapseAlarm(pl.Callback):
     """Every ``every_n_batches`` training batches, check that the EMA generator still draws pictures.
 
@@ -38,11 +59,16 @@ class CollapseAlarm(pl.Callback):
 
     * *flat*: ``detail`` below ``threshold`` × the real images' (each image one colour, e.g. black);
     * *all alike*: ``spread`` below ``threshold`` × the real images' (every prompt and noise gives
-      the same image).
+      the same image);
+    * *ignores its prompts*: :func:`prompt_dependence` below ``prompt_threshold`` (images of
+      different prompts differ no more than images of one prompt do: pictures, but not of what
+      was asked, as when the critic wins everything). Checked when the prompts are at least two
+      different captions and ``num_images`` is at least 2.
 
     At the first check that finds either (and again after a recovery), it prints one line naming
     the symptom and the batch, and records it in every logger: ``collapse/alarm`` (1 or 0 at every
-    check, with ``collapse/detail`` and ``collapse/spread`` as ratios to the real images'), and in
+    check, with ``collapse/detail`` and ``collapse/spread`` as ratios to the real images', and
+    ``collapse/prompt_dependence``), and in
     a W&B run's summary ``collapse/detected``, ``collapse/batch`` and ``collapse/symptom``, plus a
     ``wandb.alert`` when the run is online. A run that ends collapsed says so again at its end.
 
@@ -56,6 +82,9 @@ class CollapseAlarm(pl.Callback):
         num_prompts: Validation captions drawn at each check.
         num_images: Images per caption (different noise).
         threshold: A figure below this share of the real images' is a collapse.
+        prompt_threshold: A prompt dependence (F ratio) below this says the images ignore their
+            prompts (about 1 when they do; a generator that follows its prompts scores well above:
+            benchmarks/README.md, "Collapse alarm: images that ignore their prompts").
         stop: Stop training at the first check that finds a collapse.
         seed: Noise seed of the drawn images (the same noise at every check).
     """
@@ -66,6 +95,7 @@ class CollapseAlarm(pl.Callback):
         num_prompts: int = 8,
         num_images: int = 4,
         threshold: float = 0.1,
+        prompt_threshold: float = 2.0,
         stop: bool = False,
         seed: int = 0,
     ) -> None:
@@ -77,7 +107,9 @@ class CollapseAlarm(pl.Callback):
         if not 0 < threshold < 1:
             raise ValueError(f"CollapseAlarm: threshold must lie between 0 and 1, got {threshold}")
         self.every_n_batches, self.num_prompts, self.num_images = every_n_batches, num_prompts, num_images
-        self.threshold, self.stop, self.seed = threshold, stop, seed
+        if prompt_threshold < 0:
+            raise ValueError(f"CollapseAlarm: prompt_threshold must not be negative, got {prompt_threshold}")
+        self.threshold, self.prompt_threshold, self.stop, self.seed = threshold, prompt_threshold, stop, seed
         self.prompts: list[str] | None = None
         self.real: dict[str, float] | None = None
         self.collapsed_since: int | None = None  # batch of the check that found the current collapse
@@ -115,13 +147,19 @@ class CollapseAlarm(pl.Callback):
 
     def check(self, pl_module: pl.LightningModule) -> dict:
         """The ratios of the drawn images' figures to the real images', and what they show."""
-        drawn = image_statistics(pl_module.ema.generate(self.prompts, num_images=self.num_images, seed=self.seed))
+        images = pl_module.ema.generate(self.prompts, num_images=self.num_images, seed=self.seed)
+        drawn = image_statistics(images)
         ratios = {name: drawn[name] / max(self.real[name], 1e-8) for name in ("detail", "spread")}
         found = []
         if ratios["detail"] < self.threshold:
             found.append(f"flat (mean pixel value {drawn['mean']:.2f}{', black' if drawn['mean'] < 0.02 else ''})")
         if ratios["spread"] < self.threshold:
             found.append(f"all alike ({len(self.prompts) * self.num_images} images of {len(self.prompts)} prompts)")
+        elif self.num_images > 1 and len(set(self.prompts)) > 1:  # alike images say nothing about their prompts
+            dependence = prompt_dependence(images, len(self.prompts))
+            ratios["prompt_dependence"] = min(dependence, 1e3)  # finite in the logs (inf: one image per prompt)
+            if dependence < self.prompt_threshold:
+                found.append("ignoring their prompts (images of different prompts differ no more than those of one)")
         return {"ratios": ratios, "found": found}
 
     def record(self, trainer: pl.Trainer, batch_number: int, symptoms: dict) -> None:
@@ -138,7 +176,9 @@ class CollapseAlarm(pl.Callback):
         self.collapsed_since = batch_number
         self.message = (
             f"collapse alarm at batch {batch_number}: the EMA generator's images are {' and '.join(found)}; "
-            f"detail {ratios['detail']:.3f} and spread {ratios['spread']:.3f} of the real images' "
+            f"detail {ratios['detail']:.3f} and spread {ratios['spread']:.3f} of the real images'"
+            + (f", prompt dependence {ratios['prompt_dependence']:.2f}" if "prompt_dependence" in ratios else "")
+            + " "
             "(README: Collapse alarm)"
         )
         if trainer.is_global_zero:

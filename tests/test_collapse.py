@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 from callbacks import CollapseAlarm, FinalCheckpoint
-from callbacks.collapse import image_statistics
+from callbacks.collapse import image_statistics, prompt_dependence
 from m2gan.checkpoint_io import CheckpointError
 from m2gan.data.shapes import ShapesDataset
 from m2gan.images import to_uint8
@@ -20,23 +20,29 @@ from tests.helpers import TINY_MODEL, model_of
 
 
 class _Collapsing:
-    """Stands in for the EMA pipeline's ``generate``: real validation images until ``collapse_at``
-    batches are trained, then black images only (what the collapsed dark-data runs drew)."""
+    """Stands in for the EMA pipeline's ``generate``: each prompt's own real validation image, a
+    little jittered per drawing, until ``collapse_at`` batches are trained; then black images only
+    (what the collapsed dark-data runs drew), or with ``ignoring`` the same drawings whatever the
+    prompt (pictures, not of what was asked)."""
 
-    def __init__(self, model: M2GAN, images: torch.Tensor, collapse_at: int | None):
-        self.model, self.images, self.collapse_at = model, to_uint8(images), collapse_at
+    def __init__(self, model: M2GAN, images: torch.Tensor, collapse_at: int | None, ignoring: bool = False):
+        self.model, self.images, self.collapse_at, self.ignoring = model, images, collapse_at, ignoring
 
     def __call__(self, prompts, num_images=1, seed=0, batch_size=None):
         count = len(prompts) * num_images
+        jitter = 0.05 * torch.randn(count, *self.images.shape[1:], generator=torch.Generator().manual_seed(seed))
         if self.collapse_at is not None and self.model.batches_trained >= self.collapse_at:
-            return torch.zeros(count, *self.images.shape[1:], dtype=torch.uint8)
-        return self.images[torch.arange(count) % len(self.images)]
+            if not self.ignoring:
+                return torch.zeros(count, *self.images.shape[1:], dtype=torch.uint8)
+            return to_uint8(self.images[torch.arange(count) % num_images] + jitter[:num_images].repeat(len(prompts), 1, 1, 1))
+        return to_uint8(self.images[torch.arange(count) // num_images % len(self.images)] + jitter)
 
 
-def _fit(tmp_path, datamodule, tiny_model, alarm, collapse_at, logger=False, batches=6):
+def _fit(tmp_path, datamodule, tiny_model, alarm, collapse_at, logger=False, batches=6, ignoring=False):
     datamodule.setup("fit")
     val = datamodule.datasets["val"]
-    tiny_model.ema.generate = _Collapsing(tiny_model, torch.stack([val[i]["image"] for i in range(8)]), collapse_at)
+    images = torch.stack([val[i]["image"] for i in range(8)])
+    tiny_model.ema.generate = _Collapsing(tiny_model, images, collapse_at, ignoring)
     # A checkpoint every 2 batches (4 optimizer steps), at the alarm's checks.
     checkpoints = FinalCheckpoint(tmp_path / "ckpt", filename="{step}", save_last=True, save_top_k=-1,
                                   every_n_train_steps=4)  # fmt: skip
@@ -63,6 +69,26 @@ def test_a_healthy_run_raises_no_alarm(tmp_path, datamodule, tiny_model, capsys)
     _fit(tmp_path, datamodule, tiny_model, alarm, collapse_at=None)
     assert alarm.collapsed_since is None
     assert "collapse" not in capsys.readouterr().err
+
+
+def test_prompt_dependence_is_about_one_for_images_that_ignore_their_prompts():
+    generator = torch.Generator().manual_seed(0)
+    unrelated = torch.rand(8 * 4, 3, 32, 32, generator=generator)  # 8 prompts x 4 draws of one distribution
+    assert prompt_dependence(unrelated, 8) == pytest.approx(1.0, abs=0.1)
+    assert prompt_dependence(unrelated[:4].repeat(8, 1, 1, 1), 8) == 0.0  # the same 4 images for every prompt
+    per_prompt = torch.rand(8, 1, 3, 32, 32, generator=generator)  # each prompt its own picture, a little noise
+    following = (per_prompt + 0.1 * torch.rand(8, 4, 3, 32, 32, generator=generator)).flatten(0, 1)
+    assert prompt_dependence(following, 8) > 50
+    assert prompt_dependence(per_prompt.repeat(1, 4, 1, 1, 1).flatten(0, 1), 8) == float("inf")
+
+
+def test_images_that_ignore_their_prompts_raise_the_alarm(tmp_path, datamodule, tiny_model, capsys):
+    """Not flat, not all alike, only the same pictures whatever was asked (the critic at lr 2e-3)."""
+    alarm = CollapseAlarm(every_n_batches=2, num_prompts=4, num_images=2, stop=True)
+    with pytest.raises(CollapseError, match="collapse alarm at batch 4: .* are ignoring their prompts"):
+        _fit(tmp_path, datamodule, tiny_model, alarm, collapse_at=3, ignoring=True)
+    line = next(line for line in capsys.readouterr().err.splitlines() if "collapse alarm" in line)
+    assert "flat" not in line and "all alike" not in line and "prompt dependence 0.0" in line
 
 
 def test_the_alarm_names_the_symptom_and_batch_in_one_line_and_in_the_wandb_summary(
