@@ -108,6 +108,56 @@ def swap_one_word(tokens: torch.Tensor, num_special: int, generator: torch.Gener
     return swapped
 
 
+def substitute_one_word(
+    tokens: torch.Tensor,
+    num_special: int,
+    pairs: WordPairs,
+    generator: torch.Generator | None = None,
+    tries: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace one word of each caption by another word seen between the same two neighbours.
+
+    The new word comes from the corpus (``pairs``), not from the batch: "a red *circle* on the
+    left" may become "a red *square* on the left" though no caption of the batch has a red square
+    on the left, where :func:`swap_one_word` needs a batch caption of the same template that
+    differs in that very word. Synonyms ("circle" -> "disc") are false negatives, as with any
+    edit made without knowing what words mean.
+
+    Args:
+        tokens: (B, L) token ids; ids below ``num_special`` are never replaced or inserted.
+        num_special: Number of special token ids, which occupy ids ``0 … num_special - 1``.
+        pairs: Where words were seen; its vocabulary bounds the candidates (cost O(B · tries · V)).
+        generator: Random generator choosing the positions and the new words.
+        tries: Word positions looked at per caption (at random); the first with a candidate is used.
+
+    Returns:
+        substituted: (B, L) token ids, one word replaced where ``found`` (else unchanged).
+        found: (B,) bool, whether a looked-at position had a candidate.
+    """
+    batch, length = tokens.shape
+    device = tokens.device
+    is_word = tokens >= num_special
+    # ``tries`` random word positions per row (padding and special tokens rank last).
+    order = torch.rand((batch, length), generator=generator).to(device).masked_fill(~is_word, -1.0)
+    positions = order.topk(min(tries, length), dim=1).indices  # (B, K)
+    edge = torch.zeros((batch, 1), dtype=tokens.dtype, device=device)
+    before = torch.cat([edge, tokens[:, :-1]], dim=1).gather(1, positions)[:, :, None]  # (B, K, 1)
+    after = torch.cat([tokens[:, 1:], edge], dim=1).gather(1, positions)[:, :, None]
+    current = tokens.gather(1, positions)[:, :, None]
+    vocabulary = torch.arange(num_special, pairs.vocab_size, device=device)[None, None, :]  # (1, 1, V')
+    fits = pairs.contains(before, vocabulary) & pairs.contains(vocabulary, after) & (vocabulary != current)
+    fits &= is_word.gather(1, positions)[:, :, None]  # (B, K, V')
+    usable = fits.any(-1)  # (B, K)
+    found = usable.any(1)
+    slot = (usable.float() * torch.arange(usable.shape[1], 0, -1, device=device)).argmax(1)  # the first usable
+    rows = torch.arange(batch, device=device)
+    scores = torch.rand(fits.shape[0], fits.shape[2], generator=generator).to(device)
+    word = scores.masked_fill(~fits[rows, slot], -1.0).argmax(1) + num_special  # (B,) a random candidate
+    substituted = tokens.clone()
+    substituted[rows[found], positions[rows, slot][found]] = word[found].to(tokens.dtype)
+    return substituted, found
+
+
 def exchangeable(tokens: torch.Tensor, num_special: int, pairs: WordPairs | None = None) -> torch.Tensor:
     """Which two words of each caption may trade places: each is seen in the other's place.
 
@@ -238,14 +288,21 @@ def hard_negatives(
     binding_share: float = 0.0,
     generator: torch.Generator | None = None,
     pairs: WordPairs | None = None,
+    from_corpus: bool = False,
 ) -> torch.Tensor:
     """One hard negative per caption: a binding swap for a ``binding_share`` of the captions that
-    have one (:func:`swap_bound_words`), a one-word swap for the rest (:func:`swap_one_word`).
+    have one (:func:`swap_bound_words`), a one-word swap for the rest (:func:`swap_one_word`, or
+    with ``from_corpus`` :func:`substitute_one_word` where a caption has a substitute).
 
-    With ``binding_share`` 0 this is :func:`swap_one_word` and draws no further random numbers.
-    ``pairs``: where words were seen (the corpus); None = the batch's own pairs.
+    With ``binding_share`` 0 and ``from_corpus`` off this is :func:`swap_one_word` and draws no
+    further random numbers. ``pairs``: where words were seen (the corpus); None = the batch's own pairs.
     """
     swapped = swap_one_word(tokens, num_special, generator)
+    if from_corpus:
+        if pairs is None:
+            pairs = WordPairs.of(tokens, int(tokens.max()) + 1)
+        substituted, found = substitute_one_word(tokens, num_special, pairs, generator)
+        swapped = torch.where(found[:, None], substituted, swapped)
     if binding_share <= 0:
         return swapped
     bound, found = swap_bound_words(tokens, num_special, generator, pairs)

@@ -172,7 +172,7 @@ class GANObjective:
         texts = {"caption": tokens}  # every caption the text encoder reads this batch, encoded in one call
         if use_swaps:
             texts["swapped"] = hard_negatives(tokens, len(SPECIAL_TOKENS), cfg.binding_negative_share, None,
-                                              self.word_pairs)  # fmt: skip
+                                              self.word_pairs, cfg.swap_from_corpus)  # fmt: skip
         if sampled_tokens is not None:
             texts["sampled"] = sampled_tokens
         if use_order:
@@ -300,10 +300,10 @@ class GANObjective:
             contrastive = losses.contrastive(fake_features[0], text_embedding, cfg.contrastive_temperature, hard)
             loss = loss + cfg.contrastive_weight_g * contrastive
             logs["train/g_contrastive"] = contrastive.detach()
-        if cfg.word_region_weight > 0:  # each word must be drawn where it can be found
+        if cfg.generator_word_region_weight > 0:  # each word must be drawn where it can be found
             twin_words = text.twin_words if cfg.word_region_twins else None
             word_region = self.word_region_loss(text.words, text.padding, fake_regions, text.twins, twin_words)
-            loss = loss + cfg.word_region_weight * word_region
+            loss = loss + cfg.generator_word_region_weight * word_region
             logs["train/g_word_region"] = word_region.detach()
         twins = text.twins if text.twins is not None and len(text.twins.rows) else None
         use_preference = cfg.caption_preference_weight > 0 and twins is not None

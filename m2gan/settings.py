@@ -157,6 +157,10 @@ class ObjectiveSettings:
         swap_weight: Weight of (real image, its caption with one word swapped) among the
             discriminator's fakes; when positive, the swapped caption is also a hard negative of
             both contrastive losses. These negatives make every word matter (``m2gan.negatives``).
+        swap_from_corpus: The swapped caption's new word comes from the whole corpus (any word
+            seen between the same two neighbours: "a red *circle* on the left" -> "a red *square*
+            on the left"), not from the batch's most similar caption, which rarely differs in just
+            the word that matters; captions without such a word keep the batch swap.
         binding_negative_share: Share of the swapped captions that instead exchange two words of the
             caption where the batch shows each can stand in the other's place ("a red circle left of
             a blue square" -> "a blue circle left of a red square"), so the discriminator must check
@@ -173,6 +177,10 @@ class ObjectiveSettings:
             word of a caption attends over the discriminator's 4×4 regions of the image, and real
             pairs must match word by word better than the batch's other pairings; trained into the
             discriminator and text encoder on real images and into the generator on its own; 0 = off.
+        word_region_weight_g: The generator's weight of the word-region loss on its own images, when it
+            should differ from the critic's (``word_region_weight``, which also builds the head);
+            None = the same. A head that reads binding teaches it only when its term is not
+            drowned by the adversarial loss.
         word_region_twins: Each image's binding twins are also candidates of the word-region loss
             (for the critic on real images, for the generator on its own), ranked below the caption:
             a head whose words attend to regions can see which word is drawn where.
@@ -211,12 +219,14 @@ class ObjectiveSettings:
     adversarial_loss: AdversarialLoss = "hinge"
     mismatch_weight: float = 0.5
     swap_weight: float = 0.5
+    swap_from_corpus: bool = False
     binding_negative_share: float = 0.0
     twin_negative_weight: float = 0.0
     contrastive_weight_d: float = 1.0
     contrastive_weight_g: float = 1.0
     contrastive_temperature: float = 0.1
     word_region_weight: float = 0.0
+    word_region_weight_g: float | None = None
     word_region_twins: bool = False
     text_order_weight: float = 0.0
     caption_twin_weight: float = 0.0
@@ -237,6 +247,8 @@ class ObjectiveSettings:
                   caption_temperature=self.caption_temperature, gp_interval=self.gp_interval)  # fmt: skip
         _not_negative("objective", twin_margin=self.twin_margin, mode_seeking_weight=self.mode_seeking_weight,
                       twin_negative_weight=self.twin_negative_weight)  # fmt: skip
+        if self.word_region_weight_g is not None:
+            _not_negative("objective", word_region_weight_g=self.word_region_weight_g)
         if not 0.0 <= self.binding_negative_share <= 1.0:
             raise ValueError(
                 f"model.objective.binding_negative_share must lie in [0, 1], got {self.binding_negative_share}"
@@ -252,6 +264,13 @@ class ObjectiveSettings:
                     f"model.objective.{name} > 0 needs model.objective.caption_weight > 0: "
                     "an untrained captioner cannot judge"
                 )
+
+    @property
+    def generator_word_region_weight(self) -> float:
+        """The generator's weight of the word-region loss (0 without the critic's head)."""
+        if self.word_region_weight <= 0 or self.word_region_weight_g is None:
+            return self.word_region_weight
+        return self.word_region_weight_g
 
     @property
     def uses_twins(self) -> bool:
@@ -426,6 +445,8 @@ class ModelSettings:
             ("twin_margin", objective.caption_twin_weight <= 0 and objective.caption_preference_weight <= 0,
              "both twin hinges are off (caption_twin_weight, caption_preference_weight)"),
             ("word_region_twins", objective.word_region_weight <= 0, "the word-region loss is off"),
+            ("swap_from_corpus", objective.swap_weight <= 0, "there are no swapped captions (swap_weight 0)"),
+            ("word_region_weight_g", objective.word_region_weight <= 0, "the critic has no word-region head"),
             ("contrastive_temperature",
              not any(w > 0 for w in (objective.contrastive_weight_d, objective.contrastive_weight_g,
                                      objective.word_region_weight, objective.text_order_weight)),

@@ -651,3 +651,31 @@ def test_twins_in_the_word_region_loss_are_candidates_for_critic_and_generator(d
     assert _changed(with_term, without, "generator.")  # the critic judges here; the G step does not move it
     for player in ("text_encoder.", "captioner.", "ema."):
         assert not _changed(with_term, without, player), player
+
+
+def test_the_generators_word_region_weight_scales_its_term_only(datamodule):
+    """word_region_weight_g sets the generator's weight of the word-region term: its loss moves by
+    exactly the extra weight times the term, and the critic's loss on the same batch does not move."""
+    import dataclasses
+
+    model = model_of(
+        vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, word_region_weight=1.0, **TINY_MODEL
+    )
+    images, tokens = _two_object_batch(datamodule, model)
+    results = {}
+    for weight_g in (None, 4.0, 0.0):
+        model.objective.config = dataclasses.replace(model.objective.config, word_region_weight_g=weight_g)
+        torch.manual_seed(0)
+        d_loss = model.objective.discriminator_loss(images, tokens, penalty=False)
+        torch.manual_seed(1)
+        results[weight_g] = (d_loss.loss.item(), model.objective.generator_loss(images, d_loss.text).logs)
+    same, four, off = results[None], results[4.0], results[0.0]
+    assert same[0] == four[0] == off[0]  # the critic's term keeps word_region_weight
+    term = same[1]["train/g_word_region"].item()
+    assert four[1]["train/g_loss"].item() == pytest.approx(same[1]["train/g_loss"].item() + 3.0 * term, rel=1e-5)
+    assert "train/g_word_region" not in off[1]
+    assert off[1]["train/g_loss"].item() == pytest.approx(same[1]["train/g_loss"].item() - term, rel=1e-5)
+    with pytest.raises(ValueError, match="word_region_weight_g must not be negative"):
+        model_of(word_region_weight=1.0, word_region_weight_g=-1.0)
+    assert any("word_region_weight_g has no effect" in line for line in
+               model_of(word_region_weight_g=2.0).settings.ignored())  # fmt: skip

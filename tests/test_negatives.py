@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from m2gan.negatives import WordPairs, binding_twins, hard_negatives, swap_bound_words, swap_one_word
+from m2gan.negatives import (
+    WordPairs,
+    binding_twins,
+    hard_negatives,
+    substitute_one_word,
+    swap_bound_words,
+    swap_one_word,
+)
 
 BOS, EOS = 2, 3
 
@@ -94,6 +101,46 @@ def test_word_pairs_from_the_corpus_find_exchanges_the_batch_alone_cannot():
     pairs = WordPairs.of(corpus, vocab_size=len(WORDS) + 4)
     swapped, found = swap_bound_words(batch, 4, torch.Generator().manual_seed(0), pairs)
     assert found.all() and swapped[0].tolist() == encode("a blue circle left of a red square")[0].tolist()
+
+
+def test_a_substitute_word_comes_from_the_corpus_between_the_same_neighbours():
+    """The batch holds no square, the corpus does: "a red circle" can only become "a red square"
+    ("blue" was never seen before "circle"; "a" has no other word seen between [BOS] and "red")."""
+    corpus = encode("a red circle", "a blue square", "a red square")
+    pairs = WordPairs.of(corpus, vocab_size=len(WORDS) + 4)
+    batch = encode("a red circle")
+    for seed in range(10):
+        substituted, found = substitute_one_word(batch, 4, pairs, torch.Generator().manual_seed(seed))
+        assert found.all() and substituted[0].tolist() == encode("a red square")[0].tolist()
+
+
+def test_a_substitute_changes_one_word_to_one_seen_in_its_place_and_specials_stay():
+    corpus = encode("a red circle left of a blue square", "a small blue circle", "a big red square",
+                    "the red circle in the top corner", "a red round shape")  # fmt: skip
+    pairs = WordPairs.of(corpus, vocab_size=len(WORDS) + 4)
+    batch = encode("a red circle left of a blue square", "a small blue circle", "the red circle in the top corner")
+    seen = set()
+    for seed in range(30):
+        substituted, found = substitute_one_word(batch, 4, pairs, torch.Generator().manual_seed(seed), tries=8)
+        assert found.all()
+        changed = (substituted != batch).nonzero().tolist()
+        assert sorted(row for row, _ in changed) == [0, 1, 2]  # one word in each row
+        for row, p in changed:
+            word = int(substituted[row, p])
+            assert word >= 4 and batch[row, p] >= 4  # special tokens never move or enter
+            assert pairs.contains(batch[row, p - 1], torch.tensor(word)) and pairs.contains(torch.tensor(word), batch[row, p + 1])
+            seen.add((row, p, word))
+    assert len(seen) > 3  # the choice of position and word is random
+
+
+def test_a_caption_without_substitutes_keeps_the_batch_swap():
+    corpus = encode("a red circle", "a blue square")
+    pairs = WordPairs.of(corpus, vocab_size=len(WORDS) + 4)
+    batch = encode("the top corner", "the top shape")  # no word of these was seen between these neighbours
+    substituted, found = substitute_one_word(batch, 4, pairs, torch.Generator().manual_seed(0))
+    assert not found.any() and torch.equal(substituted, batch)
+    plain = swap_one_word(batch, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(hard_negatives(batch, 4, 0.0, torch.Generator().manual_seed(0), pairs, from_corpus=True), plain)
 
 
 def test_word_pairs_round_trip_through_one_tensor():

@@ -1,0 +1,155 @@
+"""Which shapes does a generator get wrong, and does its critic tell them apart? (issue 37: what limits shape)
+
+For ``--images`` single-object test captions of the shapes data (``quality_shapes.py --seed S``'s
+scenes), each checkpoint's EMA generator draws one image per caption and the shapes judge reads
+it. Printed per checkpoint: the confusion matrix of asked shape (rows) against the shape the judge
+reads (columns), and shape accuracy per size, beside the judge's on the real images (its ceiling).
+
+For a training checkpoint (``.ckpt``), where the signal for each pair of shapes stops, on the real
+test images whose caption names one of the two by its plain word:
+
+* ``critic``: how often the discriminator scores the image's caption above the same caption with
+  the two shape words exchanged ("a red circle …" vs "a red square …"; ties half);
+* ``text``: the EMA sentence vectors' distance between the two captions, over the distance to
+  another caption (what the generator is conditioned on);
+* ``features``: held-out accuracy of a linear probe telling the two shapes apart from the critic's
+  4×4 feature map and from its 64-wide image embedding (what its projection head reads), trained
+  on 70% of those images: does the critic's image side carry the difference at all?
+
+    python benchmarks/shape_probe.py runs/m2gan/<run>/checkpoints/last.ckpt --seed 0
+    python benchmarks/shape_probe.py --quick      # a smoke run: an untrained model, 60 captions, a rough judge
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+
+import torch
+import torch.nn.functional as F
+
+import m2gan
+from m2gan.data import CaptionDataModule
+from m2gan.data.shapes import SHAPES, SIZES, ShapesDataset
+from m2gan.eval.shapes_judge import SMOKE_RECIPE, JudgeRecipe, judge_file, load_judge, scene_labels
+from m2gan.images import to_float
+from m2gan.model import M2GAN
+from m2gan.objective import wins
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="*", help="training checkpoints or exports of 32 px shapes runs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: an untrained model, 60 captions, a rough judge")
+    return parser.parse_args()
+
+
+def untrained() -> M2GAN:
+    """An untrained model of the default data."""
+    data = CaptionDataModule(train_size=2000, val_size=50)
+    data.setup("fit")
+    model = M2GAN(vocab_size=data.vocab_size, max_length=data.max_length)
+    model.set_tokenizer(data.tokenizer)
+    return model.eval()
+
+
+@torch.no_grad()
+def read_shapes(judge, images: torch.Tensor) -> torch.Tensor:
+    """(N,) the judge's shape class of each image."""
+    return torch.cat([judge(to_float(images[i : i + 500]))["shape"].argmax(1) for i in range(0, len(images), 500)])
+
+
+def report(name: str, asked: torch.Tensor, read: torch.Tensor, sizes: torch.Tensor) -> None:
+    print(f"\n{name}: shape right {(asked == read).float().mean():.1%}")
+    print(f"{'asked / read':>14} " + " ".join(f"{s:>9}" for s in SHAPES) + f" {'right':>7}")
+    for k, shape in enumerate(SHAPES):
+        rows = read[asked == k]
+        counts = torch.bincount(rows, minlength=len(SHAPES)).float() / max(len(rows), 1)
+        print(f"{shape:>14} " + " ".join(f"{c:>9.1%}" for c in counts) + f" {counts[k]:>7.1%}")
+    print("  per size: " + "; ".join(
+        f"{size} {(asked == read)[sizes == k].float().mean():.1%}" for k, size in enumerate(SIZES)))  # fmt: skip
+
+
+def exchanged(caption: str, a: str, b: str) -> str:
+    return " ".join(b if word == a else a if word == b else word for word in caption.split())
+
+
+def linear_probe(features: torch.Tensor, labels: torch.Tensor, steps: int = 1500) -> float:
+    """Held-out accuracy of a logistic regression on standardised ``features`` (N, D), binary ``labels``."""
+    features = (features - features.mean(0)) / (features.std(0) + 1e-6)
+    n = int(0.7 * len(features))
+    weight = torch.zeros(features.shape[1], requires_grad=True)
+    bias = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=1e-2)
+    for _ in range(steps):
+        logits = features[:n] @ weight + bias
+        loss = F.binary_cross_entropy_with_logits(logits, labels[:n]) + 1e-3 * weight.square().sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return ((features[n:] @ weight + bias > 0).float() == labels[n:]).float().mean().item()
+
+
+@torch.no_grad()
+def critic_reading(model: M2GAN, captions: list[str], images: torch.Tensor, shapes: torch.Tensor) -> None:
+    """Print, per pair of shapes, the critic's and the conditioning's reading of the two shape words,
+    and whether the critic's image features carry the difference (see the module docstring)."""
+    d = model.discriminator
+    tokens = model.tokenizer.encode(captions)
+    _, sentence = model.text_encoder(tokens)
+    _, conditioning = model.ema.text_encoder(tokens)
+    feature_map = F.leaky_relu(d.blocks(d.from_rgb(images)), 0.2).flatten(1)  # (N, C * 16)
+    features = d.features(images)
+    own = d.score(features, d.embed_text(sentence))
+    other = (conditioning - conditioning.roll(1, 0)).norm(dim=1).mean()
+    print(f"  {'shapes':<20} {'critic':>7} {'text':>6} {'features: 4x4 map / embedding':>31}")
+    for a, b in itertools.combinations(range(len(SHAPES)), 2):
+        names = SHAPES[a], SHAPES[b]
+        rows = [i for i, caption in enumerate(captions) if set(caption.split()) & set(names)]
+        if not rows:
+            continue
+        swapped = model.tokenizer.encode([exchanged(captions[i], *names) for i in rows])
+        _, swapped_sentence = model.text_encoder(swapped)
+        _, swapped_conditioning = model.ema.text_encoder(swapped)
+        subset = tuple(part[rows] for part in features)
+        critic = wins(own[rows], d.score(subset, d.embed_text(swapped_sentence))).mean().item()
+        text = ((conditioning[rows] - swapped_conditioning).norm(dim=1).mean() / other).item()
+        pair = (shapes == a) | (shapes == b)
+        labels = (shapes[pair] == b).float()
+        with torch.enable_grad():
+            probes = [linear_probe(f[pair], labels) for f in (feature_map, features[0])]
+        print(f"  {' / '.join(names):<20} {critic:>7.1%} {text:>6.2f} {probes[0]:>20.1%} / {probes[1]:.1%}")
+
+
+def main() -> None:
+    args = parse_args()
+    if not args.checkpoints and not args.quick:
+        raise SystemExit("shape_probe.py: name at least one checkpoint (or --quick)")
+    if args.quick:
+        args.images = 60
+    judge, _ = load_judge(judge_file(JudgeRecipe(**SMOKE_RECIPE) if args.quick else JudgeRecipe()))
+    print(f"shape_probe: {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    data = ShapesDataset("test", 10**6, 32, seed=args.seed, two_object_prob=0.0)
+    indices = list(range(args.images))
+    captions = [data.caption(i) for i in indices]
+    labels = scene_labels(data, indices)
+    asked, sizes = labels["shape"], labels["size"]
+    real = torch.stack([data.image(i) for i in indices])
+    report("real images (the judge's ceiling)", asked, read_shapes(judge, real), sizes)
+    runs = [(path, path) for path in args.checkpoints] or [("untrained", None)]
+    for name, path in runs:
+        model = untrained() if path is None else (M2GAN.load(path).eval() if path.endswith(".ckpt") else None)
+        pipeline = model.ema if model is not None else m2gan.load(path)
+        chunks = range(0, len(captions), 250)
+        drawn = torch.cat([pipeline.generate(captions[i : i + 250], seed=args.seed + i) for i in chunks])
+        report(name[-70:], asked, read_shapes(judge, drawn), sizes)
+        if model is not None:
+            critic_reading(model, captions, real, asked)
+
+
+if __name__ == "__main__":
+    main()
