@@ -16,7 +16,14 @@ test images whose caption names one of the two by its plain word:
   4×4 feature map and from its 64-wide image embedding (what its projection head reads), trained
   on 70% of those images: does the critic's image side carry the difference at all?
 
+``--critic-alone STEPS`` asks whether the critic *can* learn the difference: a fresh default-job
+model's critic and text encoder train alone on real batches of the default data (no generator),
+with the discriminator's matching-aware hinge (mismatched and swapped captions as fakes, weights
+as configured) and its contrastive loss, and the table above is printed every ``STEPS / 4`` steps
+(``--swap-from-corpus``: the swapped captions take their word from the corpus).
+
     python benchmarks/shape_probe.py runs/m2gan/<run>/checkpoints/last.ckpt --seed 0
+    python benchmarks/shape_probe.py --critic-alone 3200 [--swap-from-corpus] --seed 0
     python benchmarks/shape_probe.py --quick      # a smoke run: an untrained model, 60 captions, a rough judge
 """
 
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +51,56 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("checkpoints", nargs="*", help="training checkpoints or exports of 32 px shapes runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--critic-alone", type=int, metavar="STEPS", help="train a fresh critic alone on real batches")
+    parser.add_argument("--swap-from-corpus", action="store_true", help="with --critic-alone: corpus swaps")
     parser.add_argument("--quick", action="store_true", help="a smoke run: an untrained model, 60 captions, a rough judge")
     return parser.parse_args()
+
+
+def critic_alone(steps: int, from_corpus: bool, seed: int, captions: list[str], images: torch.Tensor,
+                 shapes: torch.Tensor) -> None:  # fmt: skip
+    """Train the default job's critic and text encoder on real batches only; print its reading as it learns."""
+    import yaml
+
+    from m2gan import losses
+    from m2gan.negatives import hard_negatives
+    from m2gan.settings import overridden
+    from m2gan.tokenizer import SPECIAL_TOKENS
+
+    torch.manual_seed(seed)
+    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "configs" / "default.yaml").read_text())
+    data = CaptionDataModule(**config["data"])
+    data.setup("fit")
+    model = M2GAN(**overridden(config["model"], vocab_size=data.vocab_size, max_length=data.max_length))
+    model.set_tokenizer(data.tokenizer)
+    model.ema.text_encoder = model.text_encoder  # the reading's "text" column: the encoder being trained
+    cfg, d, encoder = model.settings.objective, model.discriminator, model.text_encoder
+    optimizer = torch.optim.Adam([*d.parameters(), *encoder.parameters()], lr=model.settings.discriminator.lr_d,
+                                 betas=model.settings.training.betas)  # fmt: skip
+    batches = iter(data.train_dataloader())
+    print(f"\ncritic alone, {'corpus' if from_corpus else 'batch'} swaps, {steps} steps of {data.hparams.batch_size} real pairs")
+    for step in range(1, steps + 1):
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(data.train_dataloader())
+            batch = next(batches)
+        tokens = batch["tokens"]
+        swapped = hard_negatives(tokens, len(SPECIAL_TOKENS), 0.0, None, data.word_pairs, from_corpus)
+        _, sentences = encoder(torch.cat([tokens, swapped]))
+        text, swapped_text = d.embed_text(sentences).split(len(tokens))
+        features = d.features(batch["image"])
+        real = d.score(features, text)
+        negatives = [(d.score(features, text.roll(1, 0)), cfg.mismatch_weight), (d.score(features, swapped_text), cfg.swap_weight)]
+        loss = losses.d_adversarial(real, negatives, cfg.adversarial_loss)
+        loss = loss + cfg.contrastive_weight_d * losses.contrastive(features[0], text, cfg.contrastive_temperature, swapped_text)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % max(steps // 4, 1) == 0:
+            print(f"  step {step}:")
+            critic_reading(model.eval(), captions, images, shapes)
+            model.train()
 
 
 def untrained() -> M2GAN:
@@ -127,11 +183,10 @@ def critic_reading(model: M2GAN, captions: list[str], images: torch.Tensor, shap
 
 def main() -> None:
     args = parse_args()
-    if not args.checkpoints and not args.quick:
-        raise SystemExit("shape_probe.py: name at least one checkpoint (or --quick)")
-    if args.quick:
-        args.images = 60
-    judge, _ = load_judge(judge_file(JudgeRecipe(**SMOKE_RECIPE) if args.quick else JudgeRecipe()))
+    if not args.checkpoints and not args.quick and not args.critic_alone:
+        raise SystemExit("shape_probe.py: name at least one checkpoint (or --critic-alone STEPS, or --quick)")
+    if args.quick:  # both paths, briefly
+        args.images, args.critic_alone = 60, args.critic_alone or 4
     print(f"shape_probe: {torch.get_num_threads()} threads, {os.cpu_count()} cores")
     data = ShapesDataset("test", 10**6, 32, seed=args.seed, two_object_prob=0.0)
     indices = list(range(args.images))
@@ -139,8 +194,10 @@ def main() -> None:
     labels = scene_labels(data, indices)
     asked, sizes = labels["shape"], labels["size"]
     real = torch.stack([data.image(i) for i in indices])
-    report("real images (the judge's ceiling)", asked, read_shapes(judge, real), sizes)
-    runs = [(path, path) for path in args.checkpoints] or [("untrained", None)]
+    runs = [(path, path) for path in args.checkpoints] or ([("untrained", None)] if args.quick else [])
+    if runs:
+        judge, _ = load_judge(judge_file(JudgeRecipe(**SMOKE_RECIPE) if args.quick else JudgeRecipe()))
+        report("real images (the judge's ceiling)", asked, read_shapes(judge, real), sizes)
     for name, path in runs:
         model = untrained() if path is None else (M2GAN.load(path).eval() if path.endswith(".ckpt") else None)
         pipeline = model.ema if model is not None else m2gan.load(path)
@@ -149,6 +206,8 @@ def main() -> None:
         report(name[-70:], asked, read_shapes(judge, drawn), sizes)
         if model is not None:
             critic_reading(model, captions, real, asked)
+    if args.critic_alone:
+        critic_alone(args.critic_alone, args.swap_from_corpus, args.seed, captions, real, asked)
 
 
 if __name__ == "__main__":

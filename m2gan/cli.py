@@ -383,6 +383,8 @@ def parameter_summary(model) -> str:
     """Each network's parameter count, in one line (Lightning's summary table counts FLOPs it cannot measure here)."""
     parts = {"text encoder": model.text_encoder, "generator": model.generator, "discriminator": model.discriminator,
              "captioner": model.captioner, "EMA copies": model.ema}  # fmt: skip
+    if getattr(model, "region_teacher", None) is not None:
+        parts["region teacher"] = model.region_teacher
     counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
     return ", ".join(f"{name} {count / 1e6:.2f} M" for name, count in counts.items()) + " parameters"
 

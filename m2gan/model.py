@@ -106,8 +106,12 @@ class M2GAN(pl.LightningModule):
             *(copy.deepcopy(net).requires_grad_(False) for net in (self.text_encoder, self.generator, self.captioner)),
             config=sizes,
         )
+        # The generator's word-region teacher, if asked for: a slow copy of the critic, never trained directly.
+        o = settings.objective
+        teacher = o.word_region_teacher_half_life > 0 and o.generator_word_region_weight > 0
+        self.region_teacher = copy.deepcopy(self.discriminator).requires_grad_(False) if teacher else None
         self.objective = GANObjective(
-            self.text_encoder, self.generator, self.discriminator, self.captioner, settings.objective
+            self.text_encoder, self.generator, self.discriminator, self.captioner, o, self.region_teacher
         )
         # Counters live in buffers so they travel in checkpoints (lazy-penalty phase, EMA ramp-up).
         self.register_buffer("d_steps", torch.zeros((), dtype=torch.long))
@@ -241,12 +245,16 @@ class M2GAN(pl.LightningModule):
         return config.has_gradient_penalty and int(self.d_steps) % config.gp_interval == 0
 
     def update_ema(self, batch_size: int) -> None:
-        """Move the EMA text encoder, generator and captioner towards the trained ones."""
+        """Move the EMA text encoder, generator and captioner (and the region teacher) towards the trained ones."""
         g = self.settings.generator
         beta = ema_beta(batch_size, g.ema_half_life_images, int(self.g_steps) * batch_size, g.ema_rampup)
         update_ema(self.ema.generator, self.generator, beta)
         update_ema(self.ema.text_encoder, self.text_encoder, beta)
         update_ema(self.ema.captioner, self.captioner, beta)
+        if self.region_teacher is not None:
+            half_life = self.settings.objective.word_region_teacher_half_life
+            beta = ema_beta(batch_size, half_life, int(self.g_steps) * batch_size, g.ema_rampup)
+            update_ema(self.region_teacher, self.discriminator, beta)
 
     def _optimizer_step(self, optimizer, loss: torch.Tensor, player: str) -> None:
         """Backward, clip and step — unless the loss or a gradient is not finite (then skip and count)."""

@@ -136,10 +136,13 @@ class GANObjective:
         discriminator: Discriminator,
         captioner: Captioner,
         config: ObjectiveSettings,
+        region_teacher: Discriminator | None = None,
     ) -> None:
         self.text_encoder, self.generator = text_encoder, generator
         self.discriminator, self.captioner = discriminator, captioner
         self.config = config
+        self.region_teacher = region_teacher
+        """A slow copy of the critic whose word-region head the generator's term reads (None: the live critic)."""
         self.word_pairs: WordPairs | None = None
         """Where each word was seen in the training captions (binding negatives); None = each batch's own."""
 
@@ -258,11 +261,13 @@ class GANObjective:
         regions: torch.Tensor,
         twins: Twins | None = None,
         twin_words: torch.Tensor | None = None,
+        critic: Discriminator | None = None,
     ) -> torch.Tensor:
         """The word-region matching loss of captions' word features ``words`` (B, L, W) and images'
         ``regions`` (B, R, E); with ``twin_words`` (T, L, W), each image's binding twins are also
-        candidates it must rank below its own caption (words attend to regions: the head that can read binding)."""
-        d, temperature = self.discriminator, self.config.contrastive_temperature
+        candidates it must rank below its own caption (words attend to regions: the head that can read binding).
+        ``critic``: whose head embeds the words (default: the trained discriminator)."""
+        d, temperature = critic or self.discriminator, self.config.contrastive_temperature
         similarity = losses.word_region_similarity(d.embed_words(words), padding, regions)  # (B, B)
         if twin_words is None:
             return losses.matching_cross_entropy(similarity, temperature)
@@ -302,7 +307,10 @@ class GANObjective:
             logs["train/g_contrastive"] = contrastive.detach()
         if cfg.generator_word_region_weight > 0:  # each word must be drawn where it can be found
             twin_words = text.twin_words if cfg.word_region_twins else None
-            word_region = self.word_region_loss(text.words, text.padding, fake_regions, text.twins, twin_words)
+            teacher = self.region_teacher
+            if teacher is not None:  # a slow copy of the critic reads the drawing
+                fake_regions = teacher.features_and_regions(fake)[1]
+            word_region = self.word_region_loss(text.words, text.padding, fake_regions, text.twins, twin_words, teacher)
             loss = loss + cfg.generator_word_region_weight * word_region
             logs["train/g_word_region"] = word_region.detach()
         twins = text.twins if text.twins is not None and len(text.twins.rows) else None

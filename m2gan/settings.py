@@ -179,8 +179,10 @@ class ObjectiveSettings:
             discriminator and text encoder on real images and into the generator on its own; 0 = off.
         word_region_weight_g: The generator's weight of the word-region loss on its own images, when it
             should differ from the critic's (``word_region_weight``, which also builds the head);
-            None = the same. A head that reads binding teaches it only when its term is not
-            drowned by the adversarial loss.
+            None = the same.
+        word_region_teacher_half_life: The generator's word-region term reads a slow copy of the
+            critic (its weights averaged with this half-life in images, ramped up like the sampling
+            EMA's) instead of the live one, which moves every step; 0 = the live critic.
         word_region_twins: Each image's binding twins are also candidates of the word-region loss
             (for the critic on real images, for the generator on its own), ranked below the caption:
             a head whose words attend to regions can see which word is drawn where.
@@ -227,6 +229,7 @@ class ObjectiveSettings:
     contrastive_temperature: float = 0.1
     word_region_weight: float = 0.0
     word_region_weight_g: float | None = None
+    word_region_teacher_half_life: float = 0.0
     word_region_twins: bool = False
     text_order_weight: float = 0.0
     caption_twin_weight: float = 0.0
@@ -247,6 +250,7 @@ class ObjectiveSettings:
                   caption_temperature=self.caption_temperature, gp_interval=self.gp_interval)  # fmt: skip
         _not_negative("objective", twin_margin=self.twin_margin, mode_seeking_weight=self.mode_seeking_weight,
                       twin_negative_weight=self.twin_negative_weight)  # fmt: skip
+        _not_negative("objective", word_region_teacher_half_life=self.word_region_teacher_half_life)
         if self.word_region_weight_g is not None:
             _not_negative("objective", word_region_weight_g=self.word_region_weight_g)
         if not 0.0 <= self.binding_negative_share <= 1.0:
@@ -447,6 +451,8 @@ class ModelSettings:
             ("word_region_twins", objective.word_region_weight <= 0, "the word-region loss is off"),
             ("swap_from_corpus", objective.swap_weight <= 0, "there are no swapped captions (swap_weight 0)"),
             ("word_region_weight_g", objective.word_region_weight <= 0, "the critic has no word-region head"),
+            ("word_region_teacher_half_life", objective.generator_word_region_weight <= 0,
+             "the generator has no word-region term"),
             ("contrastive_temperature",
              not any(w > 0 for w in (objective.contrastive_weight_d, objective.contrastive_weight_g,
                                      objective.word_region_weight, objective.text_order_weight)),

@@ -679,3 +679,49 @@ def test_the_generators_word_region_weight_scales_its_term_only(datamodule):
         model_of(word_region_weight=1.0, word_region_weight_g=-1.0)
     assert any("word_region_weight_g has no effect" in line for line in
                model_of(word_region_weight_g=2.0).settings.ignored())  # fmt: skip
+
+
+def test_a_region_teacher_reads_the_drawings_for_the_generator_and_follows_the_critic_slowly(datamodule):
+    """With word_region_teacher_half_life the generator's word-region term is the teacher's (a copy
+    of the critic), not the live critic's; the generator step trains only the generator; the
+    teacher is in no optimizer and moves towards the critic only at the EMA update."""
+    import dataclasses
+
+    model = model_of(
+        vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, word_region_weight=1.0,
+        word_region_teacher_half_life=1000.0, **TINY_MODEL,
+    )  # fmt: skip
+    teacher, d = model.region_teacher, model.discriminator
+    assert teacher is not None and not any(p.requires_grad for p in teacher.parameters())
+    optimized = {id(p) for opt in model.configure_optimizers() for group in opt.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in teacher.parameters()}
+    with torch.no_grad():  # make the teacher differ from the critic
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    images, tokens = _two_object_batch(datamodule, model)
+    torch.manual_seed(0)
+    text = model.objective.discriminator_loss(images, tokens, penalty=False).text
+    values = {}
+    for name, region_teacher in (("teacher", teacher), ("live", None)):
+        model.objective.region_teacher = region_teacher
+        torch.manual_seed(1)
+        values[name] = model.objective.generator_loss(images, text).logs["train/g_word_region"].item()
+    model.objective.region_teacher = teacher
+    torch.manual_seed(1)
+    fake = model.generator(model.objective.noise(len(tokens), images.device), text.sentence, text.words, text.padding)
+    expected = model.objective.word_region_loss(text.words, text.padding, teacher.features_and_regions(fake)[1],
+                                                critic=teacher)  # fmt: skip
+    assert values["teacher"] == pytest.approx(expected.item(), rel=1e-5) and values["teacher"] != values["live"]
+    config = model.objective.config
+    model.objective.config = dataclasses.replace(config, contrastive_weight_g=0.0)  # the term and the adversarial loss
+    logs, with_term, without = _gradients_with_and_without(model, images, tokens, word_region_weight=1.0)
+    assert _changed(with_term, without, "generator.")
+    for player in ("text_encoder.", "captioner.", "ema.", "discriminator.", "region_teacher."):
+        assert not _changed(with_term, without, player), player
+    model.objective.config = config
+    before = [p.clone() for p in teacher.parameters()]
+    model.g_steps += 10
+    model.update_ema(batch_size=16)
+    moved = [(b - p).abs().sum() for b, p in zip(before, teacher.parameters())]
+    closer = sum((p - q).abs().sum() for p, q in zip(teacher.parameters(), d.parameters()))
+    assert all(m > 0 for m in moved) and closer < sum((b - q).abs().sum() for b, q in zip(before, d.parameters()))
