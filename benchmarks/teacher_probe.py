@@ -1,7 +1,7 @@
 """Can a critic head that reads binding teach a generator to draw it? (issue 35's next probe)
 
 Starting from a training checkpoint whose word-region head reads binding on real scenes, the
-critic and text encoder are frozen and only the EMA generator trains, for ``--steps`` batches of
+critic and text encoders are frozen and only a copy of the EMA generator trains, for ``--steps`` batches of
 the default data's captions, against one of:
 
 * ``region``: the word-region head's loss alone (twins as hard negatives), nothing else;
@@ -47,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--loss", choices=["region", "region+adv"], default="region")
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--lr", type=float, default=1e-3, help="the generator's (the default job trains at 1e-3)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--two-object-prob", type=float, default=0.5, help="share of two-object training captions")
     parser.add_argument("--pair-images", type=int, default=500)

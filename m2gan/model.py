@@ -44,6 +44,12 @@ class CollapseError(RuntimeError):
     """The generator collapsed (flat or identical images) and the run was asked to stop then."""
 
 
+TEACHER_RAMPUP = 0.5
+"""The region teacher's half-life is at most this share of the images seen: it averages the later
+part of the run so far and never stays near the random initialisation (the sampling EMA's small
+ramp-up would make it follow the critic within a few dozen batches)."""
+
+
 class M2GAN(pl.LightningModule):
     """Text-conditioned GAN with a multimodal (image-text) discriminator.
 
@@ -253,7 +259,7 @@ class M2GAN(pl.LightningModule):
         update_ema(self.ema.captioner, self.captioner, beta)
         if self.region_teacher is not None:
             half_life = self.settings.objective.word_region_teacher_half_life
-            beta = ema_beta(batch_size, half_life, int(self.g_steps) * batch_size, g.ema_rampup)
+            beta = ema_beta(batch_size, half_life, int(self.g_steps) * batch_size, TEACHER_RAMPUP)
             update_ema(self.region_teacher, self.discriminator, beta)
 
     def _optimizer_step(self, optimizer, loss: torch.Tensor, player: str) -> None:

@@ -181,8 +181,8 @@ class ObjectiveSettings:
             should differ from the critic's (``word_region_weight``, which also builds the head);
             None = the same.
         word_region_teacher_half_life: The generator's word-region term reads a slow copy of the
-            critic (its weights averaged with this half-life in images, ramped up like the sampling
-            EMA's) instead of the live one, which moves every step; 0 = the live critic.
+            critic (its weights averaged with this half-life in images, at most half the images
+            seen so far) instead of the live one, which moves every step; 0 = the live critic.
         word_region_twins: Each image's binding twins are also candidates of the word-region loss
             (for the critic on real images, for the generator on its own), ranked below the caption:
             a head whose words attend to regions can see which word is drawn where.

@@ -92,6 +92,12 @@ IGNORED_MODEL = [
     ({"twin_margin": 2.0, "caption_twin_weight": 0.1}, None),
     ({"contrastive_temperature": 0.2, "contrastive_weight_d": 0.0, "contrastive_weight_g": 0.0},
      "model.objective.contrastive_temperature"),
+    ({"swap_from_corpus": True, "swap_weight": 0.0}, "model.objective.swap_from_corpus"),
+    ({"swap_from_corpus": True}, None),
+    ({"word_region_teacher_half_life": 1000.0}, "model.objective.word_region_teacher_half_life"),
+    ({"word_region_teacher_half_life": 1000.0, "word_region_weight": 1.0, "word_region_weight_g": 0.0},
+     "model.objective.word_region_teacher_half_life"),  # the generator has no term to teach
+    ({"word_region_teacher_half_life": 1000.0, "word_region_weight": 1.0}, None),
 ]  # fmt: skip
 
 
