@@ -53,13 +53,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--critic-alone", type=int, metavar="STEPS", help="train a fresh critic alone on real batches")
     parser.add_argument("--swap-from-corpus", action="store_true", help="with --critic-alone: corpus swaps")
+    parser.add_argument("--probe-steps", type=int, default=1500, help="training steps of each linear probe")
     parser.add_argument("--quick", action="store_true", help="a smoke run: an untrained model, 60 captions, a rough judge")
     return parser.parse_args()
 
 
 def critic_alone(steps: int, from_corpus: bool, seed: int, captions: list[str], images: torch.Tensor,
-                 shapes: torch.Tensor) -> None:  # fmt: skip
-    """Train the default job's critic and text encoder on real batches only; print its reading as it learns."""
+                 shapes: torch.Tensor, probe_steps: int, reports: int = 4, **data_overrides) -> None:  # fmt: skip
+    """Train the default job's critic and text encoder on real batches only; print its reading
+    ``reports`` times as it learns (``data_overrides``: the default data's settings changed)."""
     import yaml
 
     from m2gan import losses
@@ -69,7 +71,7 @@ def critic_alone(steps: int, from_corpus: bool, seed: int, captions: list[str], 
 
     torch.manual_seed(seed)
     config = yaml.safe_load((Path(__file__).resolve().parent.parent / "configs" / "default.yaml").read_text())
-    data = CaptionDataModule(**config["data"])
+    data = CaptionDataModule(**{**config["data"], **data_overrides})
     data.setup("fit")
     model = M2GAN(**overridden(config["model"], vocab_size=data.vocab_size, max_length=data.max_length))
     model.set_tokenizer(data.tokenizer)
@@ -97,9 +99,9 @@ def critic_alone(steps: int, from_corpus: bool, seed: int, captions: list[str], 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step % max(steps // 4, 1) == 0:
+        if step % max(steps // reports, 1) == 0:
             print(f"  step {step}:")
-            critic_reading(model.eval(), captions, images, shapes)
+            critic_reading(model.eval(), captions, images, shapes, probe_steps)
             model.train()
 
 
@@ -133,7 +135,7 @@ def exchanged(caption: str, a: str, b: str) -> str:
     return " ".join(b if word == a else a if word == b else word for word in caption.split())
 
 
-def linear_probe(features: torch.Tensor, labels: torch.Tensor, steps: int = 1500) -> float:
+def linear_probe(features: torch.Tensor, labels: torch.Tensor, steps: int) -> float:
     """Held-out accuracy of a logistic regression on standardised ``features`` (N, D), binary ``labels``."""
     features = (features - features.mean(0)) / (features.std(0) + 1e-6)
     n = int(0.7 * len(features))
@@ -151,7 +153,9 @@ def linear_probe(features: torch.Tensor, labels: torch.Tensor, steps: int = 1500
 
 
 @torch.no_grad()
-def critic_reading(model: M2GAN, captions: list[str], images: torch.Tensor, shapes: torch.Tensor) -> None:
+def critic_reading(
+    model: M2GAN, captions: list[str], images: torch.Tensor, shapes: torch.Tensor, probe_steps: int
+) -> None:
     """Print, per pair of shapes, the critic's and the conditioning's reading of the two shape words,
     and whether the critic's image features carry the difference (see the module docstring)."""
     d = model.discriminator
@@ -177,7 +181,7 @@ def critic_reading(model: M2GAN, captions: list[str], images: torch.Tensor, shap
         pair = (shapes == a) | (shapes == b)
         labels = (shapes[pair] == b).float()
         with torch.enable_grad():
-            probes = [linear_probe(f[pair], labels) for f in (feature_map, features[0])]
+            probes = [linear_probe(f[pair], labels, probe_steps) for f in (feature_map, features[0])]
         print(f"  {' / '.join(names):<20} {critic:>7.1%} {text:>6.2f} {probes[0]:>20.1%} / {probes[1]:.1%}")
 
 
@@ -186,7 +190,7 @@ def main() -> None:
     if not args.checkpoints and not args.quick and not args.critic_alone:
         raise SystemExit("shape_probe.py: name at least one checkpoint (or --critic-alone STEPS, or --quick)")
     if args.quick:  # both paths, briefly
-        args.images, args.critic_alone = 60, args.critic_alone or 4
+        args.images, args.critic_alone, args.probe_steps = 60, args.critic_alone or 2, 20
     print(f"shape_probe: {torch.get_num_threads()} threads, {os.cpu_count()} cores")
     data = ShapesDataset("test", 10**6, 32, seed=args.seed, two_object_prob=0.0)
     indices = list(range(args.images))
@@ -205,9 +209,11 @@ def main() -> None:
         drawn = torch.cat([pipeline.generate(captions[i : i + 250], seed=args.seed + i) for i in chunks])
         report(name[-70:], asked, read_shapes(judge, drawn), sizes)
         if model is not None:
-            critic_reading(model, captions, real, asked)
+            critic_reading(model, captions, real, asked, args.probe_steps)
     if args.critic_alone:
-        critic_alone(args.critic_alone, args.swap_from_corpus, args.seed, captions, real, asked)
+        quick = {"reports": 1, "train_size": 2000, "val_size": 50} if args.quick else {}
+        critic_alone(args.critic_alone, args.swap_from_corpus, args.seed, captions, real, asked, args.probe_steps,
+                     **quick)  # fmt: skip
 
 
 if __name__ == "__main__":
