@@ -90,6 +90,7 @@ class PipelineConfig:
                 word_dim=self.text.text_width,
                 attention_sides=g.word_attention_sides,
                 output=g.generator_output,
+                noise_injection=g.noise_injection,
             )
         )
 

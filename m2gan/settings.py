@@ -87,6 +87,10 @@ class GeneratorSettings:
         word_attention_sides: Generator stages (feature-map sides, e.g. ``[8, 16]``) whose features
             attend to the caption's word features through a gate that starts closed; empty = the
             sentence-only generator.
+        noise_injection: Every stage's output gets a noise map added at a learned per-channel
+            strength that starts at 0 (StyleGAN's per-layer noise), so the noise reaches the image
+            past the blocks that wash out what enters at the start. The maps are fixed random
+            projections of ``z``: a seed still gives the same image.
         lr_g: Generator learning rate.
         ema_half_life_images: Half-life of the EMA generator's (and captioner's) weights, in training images.
         ema_rampup: Cap the EMA half-life at this fraction of the images seen so far; None = off.
@@ -96,6 +100,7 @@ class GeneratorSettings:
     g_channels: int = 16
     generator_output: Literal["linear", "tanh"] = "linear"
     word_attention_sides: tuple[int, ...] = ()
+    noise_injection: bool = False
     lr_g: float = 1e-3
     ema_half_life_images: float = 10_000.0
     ema_rampup: float | None = 0.05

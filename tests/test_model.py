@@ -318,6 +318,23 @@ def test_word_attention_trains_its_gates_and_survives_export(datamodule, tmp_pat
     assert torch.equal(loaded.generate(prompts, 2, seed=1), model.ema.generate(prompts, 2, seed=1))
 
 
+def test_noise_injection_trains_its_strengths_and_survives_export(datamodule, tmp_path):
+    from m2gan.export import export, load
+
+    model = model_of(
+        vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, noise_injection=True, **TINY_MODEL
+    )
+    _fit(model, datamodule, batches=3)
+    strengths = list(model.ema.generator.noise_strength.values())
+    assert strengths and all(s.abs().sum() > 0 for s in strengths)  # trained, and carried into the EMA copy
+    prompts = ["a red circle at the left", "a small blue square at the top"]
+    export(model.ema, tmp_path / "export")
+    loaded = load(tmp_path / "export")
+    assert loaded.config.generator.noise_injection
+    assert torch.equal(loaded.generate(prompts, 2, seed=1), model.ema.generate(prompts, 2, seed=1))
+    assert not torch.equal(loaded.generate(prompts, 2, seed=2), model.ema.generate(prompts, 2, seed=1))
+
+
 def test_word_region_matching_trains_the_discriminator_head_and_reaches_the_generator(datamodule, tmp_path):
     import csv
 

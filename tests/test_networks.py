@@ -171,3 +171,31 @@ def test_position_embeddings_start_at_the_word_embeddings_scale():
     encoder = TextEncoder(vocab_size=200, max_length=24, architecture="transformer")
     ratio = encoder.position_embedding.std() / encoder.token_embedding.weight.std()
     assert 0.8 < float(ratio) < 1.25
+
+
+def test_noise_injection_starts_as_the_plain_generator_and_is_a_function_of_z():
+    """Off: the same weights as before; on: the same images until its strengths move, then images
+    that change with z at every stage, the same for the same z, and a gradient for each strength."""
+    from m2gan.networks import Generator
+
+    torch.manual_seed(0)
+    plain = Generator()
+    torch.manual_seed(0)
+    noisy = Generator(noise_injection=True)
+    state = noisy.state_dict()
+    assert all(torch.equal(value, state[name]) for name, value in plain.state_dict().items())
+    z, sentence = torch.randn(4, 64), torch.randn(4, 64)
+    assert torch.equal(plain(z, sentence), noisy(z, sentence))  # strengths start at 0
+    noisy(z, sentence).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in noisy.noise_strength.values())
+    with torch.no_grad():
+        for strength in noisy.noise_strength.values():
+            strength.fill_(0.5)
+        assert torch.equal(noisy(z, sentence), noisy(z, sentence))  # deterministic in z: seeds still hold
+        assert not torch.allclose(noisy(z, sentence), plain(z, sentence))
+        for side in ("8", "16", "32"):  # each stage's map alone moves the image
+            only = Generator(noise_injection=True)
+            only.load_state_dict(noisy.state_dict())
+            for other, strength in only.noise_strength.items():
+                strength.fill_(0.5 if other == side else 0.0)
+            assert not torch.allclose(only(z, sentence), plain(z, sentence)), side

@@ -11,6 +11,11 @@ concern it, so "cyan" can act on one object and "red" on another. Each attention
 learned gate that starts closed, so a stage begins as the sentence-only generator and opens to the
 words as far as training finds them useful.
 
+Optionally (``noise_injection``), every stage's output also gets a noise map at a learned
+per-channel strength (StyleGAN's per-layer noise): noise that enters only at the start is partly
+washed out by the blocks. The maps are fixed random projections of ``z`` (one basis per stage, a
+buffer), not fresh random draws, so one seed still gives one image on any device.
+
 The last layer is linear by default (StyleGAN2): pixels are clamped to [-1, 1] only when an image
 is converted to pixels. A final ``tanh`` passes almost no gradient where it saturates, and on data
 whose pixels mostly sit at an end of the range (black backgrounds) a generator pushed there stays
@@ -110,6 +115,8 @@ class Generator(nn.Module):
         attention_sides: Feature-map sides (8 … resolution) whose block output attends to the words.
         output: ``"linear"``: the last convolution's output as it is (values outside [-1, 1] are
             clamped when converted to pixels); ``"tanh"``: squashed into (-1, 1), as in DF-GAN.
+        noise_injection: Add a noise map made from ``z`` to every stage's output, at a learned
+            per-channel strength that starts at 0.
     """
 
     def __init__(
@@ -122,6 +129,7 @@ class Generator(nn.Module):
         word_dim: int = 64,
         attention_sides: tuple[int, ...] = (),
         output: Output = "linear",
+        noise_injection: bool = False,
     ) -> None:
         super().__init__()
         if output not in ("linear", "tanh"):
@@ -141,6 +149,12 @@ class Generator(nn.Module):
             )
         # Built last, so the sentence-only layers draw the same initial weights with or without them.
         self.attention = nn.ModuleDict({str(s): WordAttention(channels[s], word_dim) for s in sorted(attention_sides)})
+        self.noise_strength = nn.ParameterDict()
+        if noise_injection:  # built after everything else, for the same reason
+            for s in sides[1:]:
+                self.noise_strength[str(s)] = nn.Parameter(torch.zeros(channels[s]))  # starts as the plain generator
+                # Unit-variance maps: each pixel a random mix of z's entries (z ~ N(0, I)).
+                self.register_buffer(f"noise_basis_{s}", torch.randn(s * s, noise_dim) / noise_dim**0.5)
 
     def forward(
         self,
@@ -165,6 +179,9 @@ class Generator(nn.Module):
         for block in self.blocks:
             x = block(x, cond)  # side doubles each block
             side = str(x.shape[-1])
+            if side in self.noise_strength:
+                noise = (z @ getattr(self, f"noise_basis_{side}").t()).view(-1, 1, *x.shape[-2:])  # (B, 1, H, W)
+                x = x + self.noise_strength[side][None, :, None, None] * noise
             # (a ModuleDict has no .get)
             attention = self.attention[side] if side in self.attention else None  # noqa: SIM401
             if attention is not None:
