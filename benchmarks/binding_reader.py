@@ -27,6 +27,7 @@ import os
 import time
 
 import torch
+from smoke import untrained_model  # benchmarks/smoke.py
 
 import m2gan
 from m2gan.data import CaptionDataModule
@@ -71,7 +72,7 @@ def main() -> None:
 
     pipelines = [(path, lambda path=path: m2gan.load(path)) for path in args.checkpoints]
     if not pipelines:  # the smoke run: an untrained model of the default data
-        pipelines = [("untrained", lambda: _untrained(data))]
+        pipelines = [("untrained", lambda: untrained_model(data).ema)]
     judged, read = [], []
     print(f"\nbinding_reader: {torch.get_num_threads()} threads, {os.cpu_count()} cores")
     print(f"{'checkpoint':<60} {'judge all':>9} {'reader attribute / noun / relation':>36} {'mean':>6}")
@@ -109,12 +110,6 @@ def critic_heads(model: M2GAN, real: torch.Tensor, drawn: torch.Tensor, captions
         heads.setdefault({"binding_acc": "D real", "region_binding": "R real"}.get(head, "R drawn"), {})[kind] = (
             total / max(count, 1), count)
     return heads
-
-
-def _untrained(data: CaptionDataModule):
-    model = M2GAN(vocab_size=data.vocab_size, max_length=data.max_length)
-    model.set_tokenizer(data.tokenizer)
-    return model.ema.eval()
 
 
 def _kinds(preference: dict[str, tuple[float, int]]) -> str:

@@ -36,14 +36,21 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
+from smoke import untrained_model  # benchmarks/smoke.py
 
 import m2gan
+from m2gan import losses
 from m2gan.data import CaptionDataModule
 from m2gan.data.shapes import SHAPES, SIZES, ShapesDataset
 from m2gan.eval.shapes_judge import SMOKE_RECIPE, JudgeRecipe, judge_file, load_judge, scene_labels
 from m2gan.images import to_float
 from m2gan.model import M2GAN
+from m2gan.negatives import hard_negatives
+from m2gan.networks import TextEncoder
 from m2gan.objective import wins
+from m2gan.settings import overridden
+from m2gan.tokenizer import SPECIAL_TOKENS
 
 
 def parse_args() -> argparse.Namespace:
@@ -62,20 +69,12 @@ def critic_alone(steps: int, from_corpus: bool, seed: int, captions: list[str], 
                  shapes: torch.Tensor, probe_steps: int, reports: int = 4, **data_overrides) -> None:  # fmt: skip
     """Train the default job's critic and text encoder on real batches only; print its reading
     ``reports`` times as it learns (``data_overrides``: the default data's settings changed)."""
-    import yaml
-
-    from m2gan import losses
-    from m2gan.negatives import hard_negatives
-    from m2gan.settings import overridden
-    from m2gan.tokenizer import SPECIAL_TOKENS
-
     torch.manual_seed(seed)
     config = yaml.safe_load((Path(__file__).resolve().parent.parent / "configs" / "default.yaml").read_text())
     data = CaptionDataModule(**{**config["data"], **data_overrides})
     data.setup("fit")
     model = M2GAN(**overridden(config["model"], vocab_size=data.vocab_size, max_length=data.max_length))
     model.set_tokenizer(data.tokenizer)
-    model.ema.text_encoder = model.text_encoder  # the reading's "text" column: the encoder being trained
     cfg, d, encoder = model.settings.objective, model.discriminator, model.text_encoder
     optimizer = torch.optim.Adam([*d.parameters(), *encoder.parameters()], lr=model.settings.discriminator.lr_d,
                                  betas=model.settings.training.betas)  # fmt: skip
@@ -101,17 +100,8 @@ def critic_alone(steps: int, from_corpus: bool, seed: int, captions: list[str], 
         optimizer.step()
         if step % max(steps // reports, 1) == 0:
             print(f"  step {step}:")
-            critic_reading(model.eval(), captions, images, shapes, probe_steps)
+            critic_reading(model.eval(), captions, images, shapes, probe_steps, conditioning=encoder)
             model.train()
-
-
-def untrained() -> M2GAN:
-    """An untrained model of the default data."""
-    data = CaptionDataModule(train_size=2000, val_size=50)
-    data.setup("fit")
-    model = M2GAN(vocab_size=data.vocab_size, max_length=data.max_length)
-    model.set_tokenizer(data.tokenizer)
-    return model.eval()
 
 
 @torch.no_grad()
@@ -154,14 +144,20 @@ def linear_probe(features: torch.Tensor, labels: torch.Tensor, steps: int) -> fl
 
 @torch.no_grad()
 def critic_reading(
-    model: M2GAN, captions: list[str], images: torch.Tensor, shapes: torch.Tensor, probe_steps: int
+    model: M2GAN,
+    captions: list[str],
+    images: torch.Tensor,
+    shapes: torch.Tensor,
+    probe_steps: int,
+    conditioning: TextEncoder | None = None,
 ) -> None:
     """Print, per pair of shapes, the critic's and the conditioning's reading of the two shape words,
-    and whether the critic's image features carry the difference (see the module docstring)."""
-    d = model.discriminator
+    and whether the critic's image features carry the difference (see the module docstring).
+    ``conditioning``: the text encoder whose sentences the "text" column compares (default: the EMA one)."""
+    d, conditioning_encoder = model.discriminator, conditioning or model.ema.text_encoder
     tokens = model.tokenizer.encode(captions)
     _, sentence = model.text_encoder(tokens)
-    _, conditioning = model.ema.text_encoder(tokens)
+    _, conditioning = conditioning_encoder(tokens)
     feature_map = F.leaky_relu(d.blocks(d.from_rgb(images)), 0.2).flatten(1)  # (N, C * 16)
     features = d.features(images)
     own = d.score(features, d.embed_text(sentence))
@@ -174,7 +170,7 @@ def critic_reading(
             continue
         swapped = model.tokenizer.encode([exchanged(captions[i], *names) for i in rows])
         _, swapped_sentence = model.text_encoder(swapped)
-        _, swapped_conditioning = model.ema.text_encoder(swapped)
+        _, swapped_conditioning = conditioning_encoder(swapped)
         subset = tuple(part[rows] for part in features)
         critic = wins(own[rows], d.score(subset, d.embed_text(swapped_sentence))).mean().item()
         text = ((conditioning[rows] - swapped_conditioning).norm(dim=1).mean() / other).item()
@@ -203,7 +199,7 @@ def main() -> None:
         judge, _ = load_judge(judge_file(JudgeRecipe(**SMOKE_RECIPE) if args.quick else JudgeRecipe()))
         report("real images (the judge's ceiling)", asked, read_shapes(judge, real), sizes)
     for name, path in runs:
-        model = untrained() if path is None else (M2GAN.load(path).eval() if path.endswith(".ckpt") else None)
+        model = untrained_model() if path is None else (M2GAN.load(path).eval() if path.endswith(".ckpt") else None)
         pipeline = model.ema if model is not None else m2gan.load(path)
         chunks = range(0, len(captions), 250)
         drawn = torch.cat([pipeline.generate(captions[i : i + 250], seed=args.seed + i) for i in chunks])

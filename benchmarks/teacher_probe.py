@@ -29,14 +29,13 @@ import os
 import time
 
 import torch
+from smoke import untrained_model  # benchmarks/smoke.py
 
 from m2gan import losses
-from m2gan.data import CaptionDataModule
 from m2gan.data.shapes import ShapesDataset
 from m2gan.eval.shapes_judge import SMOKE_RECIPE, JudgeRecipe, accuracy, judge_file, load_judge, scene_labels
 from m2gan.model import M2GAN
 from m2gan.objective import Twins, frozen
-from m2gan.settings import ObjectiveSettings
 from m2gan.tokenizer import PAD_ID
 
 
@@ -55,17 +54,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def untrained() -> M2GAN:
-    """A model of the default data (its vocabulary and word pairs) with a word-region head, untrained."""
-    data = CaptionDataModule(train_size=2000, val_size=50)
-    data.setup("fit")
-    model = M2GAN(vocab_size=data.vocab_size, max_length=data.max_length,
-                  objective=ObjectiveSettings(word_region_weight=1.0, word_region_twins=True))  # fmt: skip
-    model.set_tokenizer(data.tokenizer)
-    model.objective.word_pairs = data.word_pairs
-    return model
-
-
 def main() -> None:
     args = parse_args()
     torch.manual_seed(args.seed)
@@ -75,7 +63,8 @@ def main() -> None:
         judge_recipe = JudgeRecipe(kind="pair", **SMOKE_RECIPE)
     elif args.checkpoint is None:
         raise SystemExit("teacher_probe.py: name a training checkpoint (or --quick)")
-    model = (untrained() if args.quick else M2GAN.load(args.checkpoint)).eval()
+    model = untrained_model(word_region_weight=1.0, word_region_twins=True) if args.quick else M2GAN.load(args.checkpoint)
+    model.eval()
     objective = model.objective
     if objective.config.word_region_weight <= 0:
         raise SystemExit(f"{args.checkpoint}: its critic has no word-region head (word_region_weight 0)")

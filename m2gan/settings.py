@@ -254,10 +254,9 @@ class ObjectiveSettings:
         _positive("objective", contrastive_temperature=self.contrastive_temperature,
                   caption_temperature=self.caption_temperature, gp_interval=self.gp_interval)  # fmt: skip
         _not_negative("objective", twin_margin=self.twin_margin, mode_seeking_weight=self.mode_seeking_weight,
-                      twin_negative_weight=self.twin_negative_weight)  # fmt: skip
-        _not_negative("objective", word_region_teacher_half_life=self.word_region_teacher_half_life)
-        if self.word_region_weight_g is not None:
-            _not_negative("objective", word_region_weight_g=self.word_region_weight_g)
+                      twin_negative_weight=self.twin_negative_weight,
+                      word_region_teacher_half_life=self.word_region_teacher_half_life,
+                      word_region_weight_g=self.word_region_weight_g or 0.0)  # fmt: skip
         if not 0.0 <= self.binding_negative_share <= 1.0:
             raise ValueError(
                 f"model.objective.binding_negative_share must lie in [0, 1], got {self.binding_negative_share}"

@@ -15,7 +15,7 @@ import pytest
 from tests.helpers import finish_wandb
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-HELPERS = {"timing.py", "plain_loop.py"}  # imported by the scripts, not run
+HELPERS = {"timing.py", "plain_loop.py", "smoke.py"}  # imported by the scripts, not run
 # Extra arguments that keep the smoke run short where --quick alone still trains for a while.
 EXTRA = {
     "quality_shapes.py": [
