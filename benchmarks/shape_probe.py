@@ -20,16 +20,25 @@ test images whose caption names one of the two by its plain word:
 model's critic and text encoder train alone on real batches of the default data (no generator),
 with the discriminator's matching-aware hinge (mismatched and swapped captions as fakes, weights
 as configured) and its contrastive loss, and the table above is printed every ``STEPS / 4`` steps
-(``--swap-from-corpus``: the swapped captions take their word from the corpus).
+(``--swap-from-corpus``: the swapped captions take their word from the corpus; ``--swap-candidates
+K``: the critic is shown the hardest of K swaps, ``model.objective.swap_candidates``; ``--focus
+A,B``: every caption naming A or B is swapped by exchanging the two, a probe of what the critic
+learns when asked about one pair often).
 
-    python benchmarks/shape_probe.py runs/m2gan/<run>/checkpoints/last.ckpt --seed 0
-    python benchmarks/shape_probe.py --critic-alone 3200 [--swap-from-corpus] --seed 0
+``--mined K`` (with a default-job ``.ckpt``) prints which word exchanges mining picks with that
+checkpoint's critic (and its captioner filter, ``swap_captioner_margin``), the hardest of K corpus
+swaps on 40 training batches, and the share that only trade a word for its synonym.
+
+    python benchmarks/shape_probe.py runs/m2gan/<run>/checkpoints/last.ckpt --seed 0 [--mined 8]
+    python benchmarks/shape_probe.py --critic-alone 3200 [--swap-from-corpus] [--swap-candidates 8] [--focus circle,square] --seed 0
     python benchmarks/shape_probe.py --quick      # a smoke run: an untrained model, 60 captions, a rough judge
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import dataclasses
 import itertools
 import os
 from pathlib import Path
@@ -37,20 +46,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
+from focus_train import exchange  # benchmarks/focus_train.py
 from smoke import untrained_model  # benchmarks/smoke.py
 
 import m2gan
 from m2gan import losses
 from m2gan.data import CaptionDataModule
-from m2gan.data.shapes import SHAPES, SIZES, ShapesDataset
+from m2gan.data.shapes import _SYNONYMS, SHAPES, SIZES, ShapesDataset
 from m2gan.eval.shapes_judge import SMOKE_RECIPE, JudgeRecipe, judge_file, load_judge, scene_labels
 from m2gan.images import to_float
 from m2gan.model import M2GAN
-from m2gan.negatives import hard_negatives
 from m2gan.networks import TextEncoder
 from m2gan.objective import wins
 from m2gan.settings import overridden
-from m2gan.tokenizer import SPECIAL_TOKENS
 
 
 def parse_args() -> argparse.Namespace:
@@ -60,26 +68,46 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--critic-alone", type=int, metavar="STEPS", help="train a fresh critic alone on real batches")
     parser.add_argument("--swap-from-corpus", action="store_true", help="with --critic-alone: corpus swaps")
+    parser.add_argument("--swap-candidates", type=int, default=1, help="with --critic-alone: the hardest of N swaps")
+    parser.add_argument("--mined", type=int, metavar="K", help="per .ckpt: which swaps mining picks, the hardest of K")
+    parser.add_argument(
+        "--focus",
+        metavar="A,B",
+        help="with --critic-alone: a caption holding word A or B is "
+        "swapped by exchanging the two (every such caption's hard negative names the other)",
+    )
     parser.add_argument("--probe-steps", type=int, default=1500, help="training steps of each linear probe")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: an untrained model, 60 captions, a rough judge")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: an untrained model, 60 captions, a rough judge"
+    )
     return parser.parse_args()
 
 
 def critic_alone(steps: int, from_corpus: bool, seed: int, captions: list[str], images: torch.Tensor,
-                 shapes: torch.Tensor, probe_steps: int, reports: int = 4, **data_overrides) -> None:  # fmt: skip
+                 shapes: torch.Tensor, probe_steps: int, reports: int = 4, focus: str | None = None,
+                 candidates: int = 1, **data_overrides) -> None:  # fmt: skip
     """Train the default job's critic and text encoder on real batches only; print its reading
-    ``reports`` times as it learns (``data_overrides``: the default data's settings changed)."""
+    ``reports`` times as it learns (``data_overrides``: the default data's settings changed;
+    ``focus`` "A,B": captions holding A or B get the two exchanged as their swapped caption;
+    ``candidates``: the objective's ``swap_candidates``, the hardest of this many swaps)."""
     torch.manual_seed(seed)
     config = yaml.safe_load((Path(__file__).resolve().parent.parent / "configs" / "default.yaml").read_text())
     data = CaptionDataModule(**{**config["data"], **data_overrides})
     data.setup("fit")
-    model = M2GAN(**overridden(config["model"], vocab_size=data.vocab_size, max_length=data.max_length))
+    model = M2GAN(**overridden(config["model"], vocab_size=data.vocab_size, max_length=data.max_length,
+                               swap_from_corpus=from_corpus, swap_candidates=candidates))  # fmt: skip
     model.set_tokenizer(data.tokenizer)
+    model.objective.word_pairs = data.word_pairs
     cfg, d, encoder = model.settings.objective, model.discriminator, model.text_encoder
     optimizer = torch.optim.Adam([*d.parameters(), *encoder.parameters()], lr=model.settings.discriminator.lr_d,
                                  betas=model.settings.training.betas)  # fmt: skip
     batches = iter(data.train_dataloader())
-    print(f"\ncritic alone, {'corpus' if from_corpus else 'batch'} swaps, {steps} steps of {data.hparams.batch_size} real pairs")
+    focus_ids = model.tokenizer.encode([focus.replace(",", " ")])[0, 1:3].tolist() if focus else None
+    hardest = f", the hardest of {candidates}" if candidates > 1 else ""
+    print(
+        f"\ncritic alone, {'corpus' if from_corpus else 'batch'} swaps{hardest}{f', {focus} exchanged' if focus else ''}, "
+        f"{steps} steps of {data.hparams.batch_size} real pairs"
+    )
     for step in range(1, steps + 1):
         try:
             batch = next(batches)
@@ -87,14 +115,24 @@ def critic_alone(steps: int, from_corpus: bool, seed: int, captions: list[str], 
             batches = iter(data.train_dataloader())
             batch = next(batches)
         tokens = batch["tokens"]
-        swapped = hard_negatives(tokens, len(SPECIAL_TOKENS), 0.0, None, data.word_pairs, from_corpus)
+        if candidates > 1:
+            swapped = model.objective.hardest_swaps(tokens, batch["image"], d.features(batch["image"]))
+        else:
+            swapped = model.objective.swaps(tokens)
+        if focus_ids is not None:
+            swapped = exchange(tokens, swapped, *focus_ids)
         _, sentences = encoder(torch.cat([tokens, swapped]))
         text, swapped_text = d.embed_text(sentences).split(len(tokens))
         features = d.features(batch["image"])
         real = d.score(features, text)
-        negatives = [(d.score(features, text.roll(1, 0)), cfg.mismatch_weight), (d.score(features, swapped_text), cfg.swap_weight)]
+        negatives = [
+            (d.score(features, text.roll(1, 0)), cfg.mismatch_weight),
+            (d.score(features, swapped_text), cfg.swap_weight),
+        ]
         loss = losses.d_adversarial(real, negatives, cfg.adversarial_loss)
-        loss = loss + cfg.contrastive_weight_d * losses.contrastive(features[0], text, cfg.contrastive_temperature, swapped_text)
+        loss = loss + cfg.contrastive_weight_d * losses.contrastive(
+            features[0], text, cfg.contrastive_temperature, swapped_text
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -102,6 +140,38 @@ def critic_alone(steps: int, from_corpus: bool, seed: int, captions: list[str], 
             print(f"  step {step}:")
             critic_reading(model.eval(), captions, images, shapes, probe_steps, conditioning=encoder)
             model.train()
+
+
+@torch.no_grad()
+def mined_swaps(model: M2GAN, candidates: int, seed: int, batches: int = 40) -> None:
+    """Print which word exchanges mining picks (the checkpoint's critic and captioner filter, the
+    hardest of ``candidates`` corpus swaps) on ``batches`` training batches of the default data, and
+    the share that only trade a word for its synonym in the shapes data (false negatives)."""
+    settings = dataclasses.replace(model.objective.config, swap_candidates=candidates, swap_from_corpus=True)
+    model.objective.config = settings
+    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "configs" / "default.yaml").read_text())
+    data = CaptionDataModule(**config["data"])  # the default job's vocabulary and word pairs
+    data.setup("fit")
+    if data.tokenizer.vocabulary() != model.tokenizer.vocabulary():
+        raise SystemExit("shape_probe.py: --mined reads default-job checkpoints (another vocabulary here)")
+    model.objective.word_pairs = data.word_pairs
+    synonyms = {
+        (a, b) for names in _SYNONYMS.values() for x in names for y in names for a, b in zip(x.split(), y.split())
+    }
+    exchanges = collections.Counter()
+    torch.manual_seed(seed)
+    for batch in itertools.islice(data.train_dataloader(), batches):
+        tokens = batch["tokens"]
+        chosen = model.objective.hardest_swaps(tokens, batch["image"], model.discriminator.features(batch["image"]))
+        for row, swap in zip(tokens, chosen):
+            at = (row != swap).nonzero().flatten()
+            exchanges[tuple(model.tokenizer.words([row[at[0]], swap[at[0]]])) if len(at) else ("-", "-")] += 1
+    total = sum(exchanges.values())
+    share = sum(n for pair, n in exchanges.items() if pair in synonyms and pair[0] != pair[1]) / total
+    print(f"  mined swaps (hardest of {candidates}, captioner margin {settings.swap_captioner_margin}): "
+          f"{share:.1%} trade a word for its synonym; circle <-> square "
+          f"{(exchanges[('circle', 'square')] + exchanges[('square', 'circle')]) / total:.1%}; most often: "
+          + ", ".join(f"{a}->{b} {n / total:.1%}" for (a, b), n in exchanges.most_common(8)))  # fmt: skip
 
 
 @torch.no_grad()
@@ -186,7 +256,7 @@ def main() -> None:
     if not args.checkpoints and not args.quick and not args.critic_alone:
         raise SystemExit("shape_probe.py: name at least one checkpoint (or --critic-alone STEPS, or --quick)")
     if args.quick:  # both paths, briefly
-        args.images, args.critic_alone, args.probe_steps = 60, args.critic_alone or 2, 20
+        args.images, args.critic_alone, args.probe_steps, args.mined = 60, args.critic_alone or 2, 20, args.mined or 2
     print(f"shape_probe: {torch.get_num_threads()} threads, {os.cpu_count()} cores")
     data = ShapesDataset("test", 10**6, 32, seed=args.seed, two_object_prob=0.0)
     indices = list(range(args.images))
@@ -206,10 +276,12 @@ def main() -> None:
         report(name[-70:], asked, read_shapes(judge, drawn), sizes)
         if model is not None:
             critic_reading(model, captions, real, asked, args.probe_steps)
+        if model is not None and args.mined:
+            mined_swaps(model, args.mined, args.seed, batches=2 if args.quick else 40)
     if args.critic_alone:
         quick = {"reports": 1, "train_size": 2000, "val_size": 50} if args.quick else {}
         critic_alone(args.critic_alone, args.swap_from_corpus, args.seed, captions, real, asked, args.probe_steps,
-                     **quick)  # fmt: skip
+                     focus=args.focus, candidates=args.swap_candidates, **quick)  # fmt: skip
 
 
 if __name__ == "__main__":

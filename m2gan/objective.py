@@ -28,8 +28,9 @@ vectors detached (:class:`TextBatch`). For the cycle and preference losses the c
 or generator and captioner would agree on a private code instead of drawing the text.
 
 Random draws, in this order: the captioner's sampled captions (adversarial caption loss only), the
-swapped words, the discriminator step's noise, then the generator step's noise (and, with the
-mode-seeking term, its second noise).
+swapped words (each of the mined candidates' in turn), the discriminator step's noise and, with
+``augment_translation``, its shifts, then the generator step's noise, its shifts, and, with the
+mode-seeking term, its second noise.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m2gan import decoding, losses
+from m2gan import augment, decoding, losses
 from m2gan.negatives import WordPairs, binding_twins, hard_negatives
 from m2gan.networks import Captioner, Discriminator, Generator, TextEncoder
 from m2gan.settings import ObjectiveSettings
@@ -150,6 +151,46 @@ class GANObjective:
         """Training noise (B, noise_dim), drawn on the CPU so a seed gives the same run on any device."""
         return torch.randn(batch_size, self.generator.noise_dim).to(device)
 
+    def critic_view(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` (N, 3, H, W) as the critic sees them in training: randomly shifted when
+        ``augment_translation`` is on (:mod:`m2gan.augment`), else unchanged."""
+        if self.config.augment_translation <= 0:
+            return images
+        return augment.translate(images, self.config.augment_translation)
+
+    def swaps(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) one hard negative of each caption ``tokens`` (B, L): a swapped word, or two words exchanged."""
+        cfg = self.config
+        return hard_negatives(tokens, len(SPECIAL_TOKENS), cfg.binding_negative_share, None, self.word_pairs,
+                              cfg.swap_from_corpus)  # fmt: skip
+
+    @torch.no_grad()
+    def hardest_swaps(
+        self, tokens: torch.Tensor, images: torch.Tensor, real: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """(B, L) of ``swap_candidates`` drawn swaps of each caption ``tokens`` (B, L), the one the critic
+        scores highest with its real image (``images`` (B, 3, H, W); ``real``: the critic's features
+        of them). A draw that left its caption unchanged is no negative. With ``swap_captioner_margin``,
+        nor is one the captioner finds nearly as likely as the caption for the image (a synonym, "big"
+        for "large", which the critic rightly cannot reject); a caption with no candidate left keeps
+        its first changed draw, a random swap."""
+        cfg, d = self.config, self.discriminator
+        candidates = torch.stack([self.swaps(tokens) for _ in range(cfg.swap_candidates)])  # (K, B, L)
+        _, sentences = self.text_encoder(candidates.flatten(0, 1))
+        embedding = d.embed_text(sentences).unflatten(0, candidates.shape[:2])  # (K, B, E)
+        scores = torch.stack([d.score(real, e) for e in embedding])  # (K, B)
+        changed = ~(candidates == tokens).all(-1)  # (K, B)
+        scores = scores.masked_fill(~changed, -torch.inf)
+        if cfg.swap_captioner_margin > 0:
+            memory = self.captioner.encode(images)  # (B, P, W)
+            texts = torch.cat([tokens, candidates.flatten(0, 1)])  # ((K + 1) B, L)
+            logits = self.captioner.decode(memory.repeat(len(candidates) + 1, 1, 1), texts[:, :-1])
+            own, *drawn = losses.sequence_log_likelihood(logits, texts, PAD_ID).chunk(len(candidates) + 1)
+            verified = changed & (own - torch.stack(drawn) >= cfg.swap_captioner_margin)  # (K, B)
+            fallback = changed.float().masked_fill(~changed, -torch.inf)  # the first changed draw
+            scores = torch.where(verified.any(0), scores.masked_fill(~verified, -torch.inf), fallback)
+        return candidates[scores.argmax(0), torch.arange(tokens.shape[0], device=tokens.device)]
+
     def discriminator_loss(
         self, images: torch.Tensor, tokens: torch.Tensor, penalty: bool, paraphrase: torch.Tensor | None = None
     ) -> Loss:
@@ -173,9 +214,11 @@ class GANObjective:
         if use_order and paraphrase is None:
             raise ValueError("the text-order loss (text_order_weight > 0) needs each caption's paraphrase")
         texts = {"caption": tokens}  # every caption the text encoder reads this batch, encoded in one call
-        if use_swaps:
-            texts["swapped"] = hard_negatives(tokens, len(SPECIAL_TOKENS), cfg.binding_negative_share, None,
-                                              self.word_pairs, cfg.swap_from_corpus)  # fmt: skip
+        if use_swaps and cfg.swap_candidates > 1:
+            with torch.no_grad():
+                texts["swapped"] = self.hardest_swaps(tokens, images, d.features(images))
+        elif use_swaps:
+            texts["swapped"] = self.swaps(tokens)
         if sampled_tokens is not None:
             texts["sampled"] = sampled_tokens
         if use_order:
@@ -193,7 +236,7 @@ class GANObjective:
             fake = self.generator(self.noise(batch_size, images.device), sentence.detach(), words.detach(), padding)
         if penalty:
             images = images.detach().requires_grad_(True)
-        (embedding, unconditional), regions = d.features_and_regions(torch.cat([images, fake]))  # (2B, E), (2B,)
+        (embedding, unconditional), regions = d.features_and_regions(self.critic_view(torch.cat([images, fake])))
         real = (embedding[:batch_size], unconditional[:batch_size])
         fake = (embedding[batch_size:], unconditional[batch_size:])
         text_embedding = d.embed_text(sentence)  # (B, E)
@@ -288,7 +331,8 @@ class GANObjective:
         sentence = text.sentence
         z = self.noise(sentence.shape[0], sentence.device)  # (B, Z)
         fake = self.generator(z, sentence, text.words, text.padding)
-        fake_features, fake_regions = d.features_and_regions(fake)
+        seen = self.critic_view(fake)
+        fake_features, fake_regions = d.features_and_regions(seen)
         text_embedding = d.embed_text(sentence)
         loss = losses.g_adversarial(d.score(fake_features, text_embedding), cfg.adversarial_loss)
         logs = {"train/g_adv": loss.detach()}
@@ -309,7 +353,7 @@ class GANObjective:
             twin_words = text.twin_words if cfg.word_region_twins else None
             teacher = self.region_teacher
             if teacher is not None:  # a slow copy of the critic reads the drawing
-                fake_regions = teacher.features_and_regions(fake)[1]
+                fake_regions = teacher.features_and_regions(seen)[1]
             word_region = self.word_region_loss(text.words, text.padding, fake_regions, text.twins, twin_words, teacher)
             loss = loss + cfg.generator_word_region_weight * word_region
             logs["train/g_word_region"] = word_region.detach()

@@ -166,6 +166,14 @@ class ObjectiveSettings:
             seen between the same two neighbours: "a red *circle* on the left" -> "a red *square*
             on the left"), not from the batch's most similar caption, which rarely differs in just
             the word that matters; captions without such a word keep the batch swap.
+        swap_candidates: Each caption's swapped caption is the hardest of this many drawn swaps:
+            the one the critic scores highest with the real image (hard-negative mining, VSE++).
+            A random swap rarely exchanges the one word the critic still confuses ("circle" for
+            "square"), so without mining such a pair is seldom asked about; 1 = one random swap.
+        swap_captioner_margin: With ``swap_candidates`` > 1, a drawn swap is a candidate only if the
+            captioner finds it at least this many nats less likely than the caption for the image
+            (summed over the caption's tokens): mining otherwise prefers synonyms ("big" for "large"),
+            the swaps the critic rightly cannot reject; 0 = every changed draw is a candidate.
         binding_negative_share: Share of the swapped captions that instead exchange two words of the
             caption where the batch shows each can stand in the other's place ("a red circle left of
             a blue square" -> "a blue circle left of a red square"), so the discriminator must check
@@ -207,6 +215,9 @@ class ObjectiveSettings:
             each batch's captions are drawn a second time with other noise, and the generator pays
             the inverse of how far the two images lie apart per unit of noise distance, so that
             it uses its noise (one drawing per caption is a collapse no critic sees); 0 = off.
+        augment_translation: DiffAugment's translation: real and generated images are shifted by a
+            random whole number of pixels, up to this fraction of the side, before the critic sees
+            them, in both players' losses (``m2gan.augment``); 0 = off (DiffAugment uses 0.125).
         gradient_penalty: ``"r1"`` (on real images), ``"ma_gp"`` (DF-GAN's matching-aware penalty on
             real images and sentences) or ``"none"``.
         gp_weight: R1's gamma, or MA-GP's coefficient.
@@ -227,6 +238,8 @@ class ObjectiveSettings:
     mismatch_weight: float = 0.5
     swap_weight: float = 0.5
     swap_from_corpus: bool = False
+    swap_candidates: int = 1
+    swap_captioner_margin: float = 0.0
     binding_negative_share: float = 0.0
     twin_negative_weight: float = 0.0
     contrastive_weight_d: float = 1.0
@@ -241,6 +254,7 @@ class ObjectiveSettings:
     caption_preference_weight: float = 0.0
     twin_margin: float = 1.0
     mode_seeking_weight: float = 0.0
+    augment_translation: float = 0.0
     gradient_penalty: GradientPenalty = "r1"
     gp_weight: float = 0.1
     gp_interval: int = 4
@@ -251,10 +265,11 @@ class ObjectiveSettings:
     caption_temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        _positive("objective", contrastive_temperature=self.contrastive_temperature,
+        _positive("objective", contrastive_temperature=self.contrastive_temperature, swap_candidates=self.swap_candidates,
                   caption_temperature=self.caption_temperature, gp_interval=self.gp_interval)  # fmt: skip
         _not_negative("objective", twin_margin=self.twin_margin, mode_seeking_weight=self.mode_seeking_weight,
-                      twin_negative_weight=self.twin_negative_weight,
+                      twin_negative_weight=self.twin_negative_weight, swap_captioner_margin=self.swap_captioner_margin,
+                      augment_translation=self.augment_translation,
                       word_region_teacher_half_life=self.word_region_teacher_half_life,
                       word_region_weight_g=self.word_region_weight_g or 0.0)  # fmt: skip
         if not 0.0 <= self.binding_negative_share <= 1.0:
@@ -454,6 +469,9 @@ class ModelSettings:
              "both twin hinges are off (caption_twin_weight, caption_preference_weight)"),
             ("word_region_twins", objective.word_region_weight <= 0, "the word-region loss is off"),
             ("swap_from_corpus", objective.swap_weight <= 0, "there are no swapped captions (swap_weight 0)"),
+            ("swap_candidates", objective.swap_weight <= 0, "there are no swapped captions (swap_weight 0)"),
+            ("swap_captioner_margin", objective.swap_candidates <= 1 or objective.swap_weight <= 0,
+             "it filters mined swaps (needs swap_candidates > 1 and swap_weight > 0)"),
             ("word_region_weight_g", objective.word_region_weight <= 0, "the critic has no word-region head"),
             ("word_region_teacher_half_life", objective.generator_word_region_weight <= 0,
              "the generator has no word-region term"),

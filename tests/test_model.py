@@ -112,6 +112,8 @@ def test_wrong_tokenizer_is_refused(tiny_model):
         ({"caption_weight": 0.0, "cycle_weight": 1.0}, "untrained captioner"),
         ({"binding_negative_share": 1.5}, "binding_negative_share"),
         ({"binding_negative_share": 0.5, "swap_weight": 0.0}, "needs model.objective.swap_weight"),
+        ({"swap_candidates": 0}, "swap_candidates"),
+        ({"augment_translation": -0.1}, "augment_translation"),
     ],
 )
 def test_bad_hyper_parameters_are_refused(kwargs, message):
@@ -513,6 +515,80 @@ def test_validation_logs_the_binding_meters(datamodule, tiny_model):
         assert float(trainer.callback_metrics[f"val/twin_distance/{kind}"]) > 0
 
 
+def _mining_model(datamodule):
+    model = model_of(vocab_size=datamodule.vocab_size, max_length=datamodule.max_length, swap_candidates=6,
+                     swap_from_corpus=True, **TINY_MODEL)  # fmt: skip
+    model.objective.word_pairs = datamodule.word_pairs
+    captions = ["a large red circle in the top left", "a small blue square at the bottom", "a red circle"] * 3
+    return (
+        model,
+        datamodule.tokenizer.encode(captions),
+        torch.rand(9, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1,
+    )
+
+
+def test_the_hardest_swap_is_the_drawn_swap_the_critic_scores_highest(datamodule):
+    """Mining: of the K drawn swaps of each caption, the one the critic scores highest with its real
+    image; and the swapped sentence the critic's loss reads is that caption's."""
+    model, tokens, images = _mining_model(datamodule)
+    d, objective = model.discriminator, model.objective
+    with torch.no_grad():
+        real = d.features(images)
+        torch.manual_seed(0)
+        drawn = torch.stack([objective.swaps(tokens) for _ in range(6)])  # what hardest_swaps draws
+        scores = torch.stack([d.score(real, d.embed_text(model.text_encoder(t)[1])) for t in drawn])  # (K, B)
+        torch.manual_seed(0)
+        chosen = objective.hardest_swaps(tokens, images, real)
+    for row in range(len(tokens)):
+        match = [k for k in range(6) if torch.equal(drawn[k, row], chosen[row])]
+        assert match and torch.isclose(scores[match[0], row], scores[:, row].max())
+    assert not all(torch.equal(chosen[r], drawn[0, r]) for r in range(len(tokens)))  # not merely the first draw
+    torch.manual_seed(0)
+    swapped = objective.discriminator_loss(images, tokens, penalty=False).text.swapped_sentence
+    assert torch.allclose(swapped, model.text_encoder(chosen)[1], atol=1e-6)
+
+
+def test_a_swap_that_changed_nothing_is_mined_only_when_every_draw_did(datamodule, monkeypatch):
+    model, tokens, images = _mining_model(datamodule)
+    other = tokens.roll(1, 0)
+    draws = iter([tokens, other] * 3)  # the unchanged caption first, whatever the critic scores it
+    monkeypatch.setattr(model.objective, "swaps", lambda t: next(draws))
+    with torch.no_grad():
+        real = model.discriminator.features(images)
+        assert torch.equal(model.objective.hardest_swaps(tokens, images, real), other)
+        monkeypatch.setattr(model.objective, "swaps", lambda t: t)
+        assert torch.equal(model.objective.hardest_swaps(tokens, images, real), tokens)
+
+
+def test_mining_skips_swaps_the_captioner_finds_as_likely_as_the_caption(datamodule, monkeypatch):
+    """With a captioner margin, a swap the captioner reads as a synonym is never mined, whatever the
+    critic scores it; where no draw is verified, the first changed draw stands."""
+    import dataclasses
+
+    model, tokens, images = _mining_model(datamodule)
+    unlikely = int(tokens.max()) + 1  # a word id the stand-in captioner finds unlikely in any image
+    synonym, verified = tokens.clone(), tokens.clone()
+    synonym[:, 1], verified[:, 1] = unlikely + 1, unlikely
+
+    def decode(memory, texts):  # every word equally likely, but for ``unlikely``
+        logits = torch.zeros(*texts.shape, datamodule.vocab_size + 8)
+        logits[..., unlikely] = -20.0
+        return logits
+
+    monkeypatch.setattr(model.captioner, "encode", lambda images: torch.zeros(len(images), 4, 8))
+    monkeypatch.setattr(model.captioner, "decode", decode)
+    model.objective.config = dataclasses.replace(model.objective.config, swap_captioner_margin=1.0)
+    with torch.no_grad():
+        real = model.discriminator.features(images)
+        draws = iter([tokens, synonym, verified] * 2)
+        monkeypatch.setattr(model.objective, "swaps", lambda t: next(draws))
+        assert torch.equal(model.objective.hardest_swaps(tokens, images, real), verified)
+        other_synonym = synonym.clone()
+        other_synonym[:, 1] = unlikely + 2
+        draws = iter([tokens, synonym, other_synonym] * 2)  # nothing verified: the first changed draw
+        assert torch.equal(model.objective.hardest_swaps(tokens, images, real), synonym)
+
+
 def _two_object_batch(datamodule, model):
     """A two-object caption with twins of every kind (in the data's word pairs) for eight random images."""
     model.objective.word_pairs = datamodule.word_pairs
@@ -635,7 +711,7 @@ def test_twin_negatives_score_each_real_image_against_every_twin_of_its_caption(
         real = d.features(images)
         _, sentences = model.text_encoder(torch.cat([tokens, twins.tokens]))
         own = d.score(real, d.embed_text(sentences[: len(tokens)]))
-        twin = d.score(tuple(r[twins.rows] for r in real), d.embed_text(sentences[len(tokens):]))
+        twin = d.score(tuple(r[twins.rows] for r in real), d.embed_text(sentences[len(tokens) :]))
     assert loss.logs["train/twin_acc"] == pytest.approx((own[twins.rows] > twin).float().mean().item())
     # Fake side: the weighted mean of the negatives (fake 1, mismatch 0.5, swap 0.5, twins 1).
     others = 2.0 * (without.logs["train/d_adv"] - torch.relu(1 - own).mean())

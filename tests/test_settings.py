@@ -94,6 +94,10 @@ IGNORED_MODEL = [
      "model.objective.contrastive_temperature"),
     ({"swap_from_corpus": True, "swap_weight": 0.0}, "model.objective.swap_from_corpus"),
     ({"swap_from_corpus": True}, None),
+    ({"swap_candidates": 8, "swap_weight": 0.0}, "model.objective.swap_candidates"),
+    ({"swap_candidates": 8}, None),
+    ({"swap_captioner_margin": 1.0}, "model.objective.swap_captioner_margin"),  # nothing is mined
+    ({"swap_captioner_margin": 1.0, "swap_candidates": 8}, None),
     ({"word_region_teacher_half_life": 1000.0}, "model.objective.word_region_teacher_half_life"),
     ({"word_region_teacher_half_life": 1000.0, "word_region_weight": 1.0, "word_region_weight_g": 0.0},
      "model.objective.word_region_teacher_half_life"),  # the generator has no term to teach
