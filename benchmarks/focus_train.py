@@ -3,8 +3,9 @@
 ``train.py fit`` with one change: every caption that names word A or word B gets, as the critic's
 swapped caption (its one-word hard negative), the same caption with A and B exchanged ("a red
 *circle* …" -> "a red *square* …"), instead of a random swap. A random swap names the other word
-of a confusable pair only for a few captions in a hundred; here about half the batch is asked
-about the pair at every step. This knows which words matter, so it is a probe, not a method: if
+of a confusable pair for about one caption in two hundred; here every caption that names either
+word is asked about the pair (the words themselves, not their synonyms: 29% of the default job's
+captions for circle and square). This knows which words matter, so it is a probe, not a method: if
 the critic learns the pair this way and the drawings still confuse it, the generator is what
 loses the signal; if the drawings follow, what limits shape is how often the critic is asked.
 

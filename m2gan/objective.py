@@ -176,14 +176,18 @@ class GANObjective:
         its first changed draw, a random swap."""
         cfg, d = self.config, self.discriminator
         candidates = torch.stack([self.swaps(tokens) for _ in range(cfg.swap_candidates)])  # (K, B, L)
-        _, sentences = self.text_encoder(candidates.flatten(0, 1))
+        # Swaps keep a caption's length, so columns that are padding in every caption stay so: reading
+        # without them is exact (the padding mask, the captioner's causal mask) and saves most of the work.
+        width = int((tokens != PAD_ID).any(0).nonzero().max()) + 1
+        short = candidates[..., :width]  # (K, B, L')
+        _, sentences = self.text_encoder(short.flatten(0, 1))
         embedding = d.embed_text(sentences).unflatten(0, candidates.shape[:2])  # (K, B, E)
         scores = torch.stack([d.score(real, e) for e in embedding])  # (K, B)
         changed = ~(candidates == tokens).all(-1)  # (K, B)
         scores = scores.masked_fill(~changed, -torch.inf)
         if cfg.swap_captioner_margin > 0:
             memory = self.captioner.encode(images)  # (B, P, W)
-            texts = torch.cat([tokens, candidates.flatten(0, 1)])  # ((K + 1) B, L)
+            texts = torch.cat([tokens[:, :width], short.flatten(0, 1)])  # ((K + 1) B, L')
             logits = self.captioner.decode(memory.repeat(len(candidates) + 1, 1, 1), texts[:, :-1])
             own, *drawn = losses.sequence_log_likelihood(logits, texts, PAD_ID).chunk(len(candidates) + 1)
             verified = changed & (own - torch.stack(drawn) >= cfg.swap_captioner_margin)  # (K, B)
