@@ -68,7 +68,7 @@ def main() -> None:
 
     def focused(tokens, *more, **named):
         swapped = exchange(tokens, hard_negatives(tokens, *more, **named), *pair["ids"])
-        counts["exchanged"] += int(torch.isin(tokens, torch.tensor(pair["ids"])).any(1).sum())
+        counts["exchanged"] += int(torch.isin(tokens, torch.tensor(pair["ids"], device=tokens.device)).any(1).sum())
         counts["swapped"] += len(tokens)
         return swapped
 

@@ -4,7 +4,8 @@ Real and generated images get the same kind of random transform before the criti
 inside both players' losses: the critic cannot memorise the exact real pixels, and since the
 generator is trained *through* the transform, it has no reason to draw it. Only translation is
 offered: DiffAugment's colour jitter and cutout change exactly what captions here name (colour,
-presence), and a shift of a few pixels keeps an object in its named place.
+presence), and a shift of a few pixels keeps an object in its named place. It is meant for small
+datasets: on the default job it costs shape badly (``benchmarks/README.md``, What limits shape).
 """
 
 from __future__ import annotations
