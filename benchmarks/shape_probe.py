@@ -16,6 +16,11 @@ test images whose caption names one of the two by its plain word:
   4×4 feature map and from its 64-wide image embedding (what its projection head reads), trained
   on 70% of those images: does the critic's image side carry the difference at all?
 
+``wrong drawings``: for each checkpoint's drawings of the wrong shape (asked A, the judge reads B),
+how often its critic still scores the caption naming A above the same caption naming B. Near 100%
+the critic is fooled by those drawings (it cannot teach the fix); near 0% it reads them as the
+judge does and the generator has not followed.
+
 ``--critic-alone STEPS`` asks whether the critic *can* learn the difference: a fresh default-job
 model's critic and text encoder train alone on real batches of the default data (no generator),
 with the discriminator's matching-aware hinge (mismatched and swapped captions as fakes, weights
@@ -140,6 +145,31 @@ def critic_alone(steps: int, from_corpus: bool, seed: int, captions: list[str], 
             print(f"  step {step}:")
             critic_reading(model.eval(), captions, images, shapes, probe_steps, conditioning=encoder)
             model.train()
+
+
+@torch.no_grad()
+def wrong_drawings(
+    model: M2GAN, captions: list[str], drawn: torch.Tensor, asked: torch.Tensor, read: torch.Tensor
+) -> None:
+    """For drawings of the wrong shape (the judge reads ``read``, the caption asked ``asked``), how
+    often the critic still scores the asked caption above the same caption naming the shape drawn:
+    high means the critic is fooled on drawings (it cannot teach the fix), low means it reads the
+    drawing and the generator does not follow. Captions naming the asked shape by a synonym are skipped."""
+    d = model.discriminator
+    print(f"  {'wrong drawings (asked -> drawn)':<32} {'count':>6} {'critic prefers the asked caption':>33}")
+    for a, b in itertools.permutations(range(len(SHAPES)), 2):
+        rows = [
+            i for i in ((asked == a) & (read == b)).nonzero().flatten().tolist() if SHAPES[a] in captions[i].split()
+        ]
+        if len(rows) < 10:
+            continue
+        features = d.features(to_float(drawn[rows]))
+        own = d.score(
+            features, d.embed_text(model.text_encoder(model.tokenizer.encode([captions[i] for i in rows]))[1])
+        )
+        named = model.tokenizer.encode([exchanged(captions[i], SHAPES[a], SHAPES[b]) for i in rows])
+        other = d.score(features, d.embed_text(model.text_encoder(named)[1]))
+        print(f"  {SHAPES[a] + ' -> ' + SHAPES[b]:<32} {len(rows):>6} {wins(own, other).mean():>33.1%}")
 
 
 @torch.no_grad()
@@ -273,9 +303,11 @@ def main() -> None:
         pipeline = model.ema if model is not None else m2gan.load(path)
         chunks = range(0, len(captions), 250)
         drawn = torch.cat([pipeline.generate(captions[i : i + 250], seed=args.seed + i) for i in chunks])
-        report(name[-70:], asked, read_shapes(judge, drawn), sizes)
+        read = read_shapes(judge, drawn)
+        report(name[-70:], asked, read, sizes)
         if model is not None:
             critic_reading(model, captions, real, asked, args.probe_steps)
+            wrong_drawings(model, captions, drawn, asked, read)
         if model is not None and args.mined:
             mined_swaps(model, args.mined, args.seed, batches=2 if args.quick else 40)
     if args.critic_alone:
